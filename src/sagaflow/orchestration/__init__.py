@@ -1,0 +1,1 @@
+"""Orchestration: saga definitions, the Orchestrator and the saga log."""

@@ -1,0 +1,219 @@
+"""`MemorySagaStore`: the in-process saga store, faithful to the store contract.
+
+It keeps logs in a dict and enforces every rule the durable stores enforce
+(versions, leases, fencing tokens, the same errors), so a flow tested against it
+behaves the same on SQLite or PostgreSQL. Nothing survives the process.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from sagaflow.clock import Clock, SystemClock
+from sagaflow.errors import (
+    ConcurrencyError,
+    ConfigurationError,
+    FencedError,
+    SagaAlreadyExistsError,
+    SagaNotFoundError,
+    StoreError,
+)
+from sagaflow.orchestration.records import (
+    Claim,
+    SagaLog,
+    SagaRecord,
+    SagaStatus,
+    SagaSummary,
+    status_after,
+)
+
+__all__ = ["MemorySagaStore"]
+
+
+@dataclass(slots=True)
+class _Entry:
+    records: list[SagaRecord]
+    status: SagaStatus
+    created_seq: int
+    token: int = 1
+    owner: str | None = None
+    lease_expires: float | None = None
+    updated_at: float = 0.0
+    saga_name: str = ""
+    touched: int = field(default=0)
+
+
+class MemorySagaStore:
+    """An in-memory `SagaStore`.
+
+    Args:
+        clock: Time source for leases (inject a fake clock in tests).
+    """
+
+    def __init__(self, *, clock: Clock | None = None) -> None:
+        self._clock = clock or SystemClock()
+        self._sagas: dict[str, _Entry] = {}
+        self._seq = 0
+        self._closed = False
+
+    # -- writing ---------------------------------------------------------------------
+
+    async def create(
+        self, saga_id: str, records: Sequence[SagaRecord], *, owner: str, lease: float
+    ) -> Claim:
+        """Create a saga leased to ``owner`` (see `SagaStore.create`)."""
+        self._check_open()
+        if not records:
+            raise ConfigurationError("create() needs at least one record")
+        if saga_id in self._sagas:
+            raise SagaAlreadyExistsError(saga_id)
+        self._seq += 1
+        expires = self._clock.now() + lease
+        first = records[0].data or {}
+        self._sagas[saga_id] = _Entry(
+            records=list(records),
+            status=status_after(None, records),
+            created_seq=self._seq,
+            owner=owner,
+            lease_expires=expires,
+            updated_at=records[-1].at,
+            saga_name=str(first.get("saga", "")),
+            touched=self._seq,
+        )
+        return Claim(saga_id, 1, expires)
+
+    async def append(
+        self,
+        saga_id: str,
+        records: Sequence[SagaRecord],
+        *,
+        expected_version: int,
+        fencing_token: int,
+    ) -> int:
+        """Append atomically with version and fencing checks (see `SagaStore.append`)."""
+        self._check_open()
+        entry = self._entry(saga_id)
+        if fencing_token != entry.token:
+            raise FencedError(saga_id, fencing_token=fencing_token, current_token=entry.token)
+        version = len(entry.records)
+        if expected_version != version:
+            raise ConcurrencyError(
+                saga_id, expected_version=expected_version, actual_version=version
+            )
+        if not records:
+            return version
+        entry.records.extend(records)
+        entry.status = status_after(entry.status, records)
+        entry.updated_at = records[-1].at
+        self._seq += 1
+        entry.touched = self._seq
+        return version + len(records)
+
+    # -- reading ---------------------------------------------------------------------
+
+    async def load(self, saga_id: str) -> SagaLog:
+        """Return the saga's log (see `SagaStore.load`)."""
+        self._check_open()
+        entry = self._entry(saga_id)
+        return SagaLog(
+            saga_id=saga_id,
+            records=tuple(entry.records),
+            status=entry.status,
+            fencing_token=entry.token,
+            owner=entry.owner,
+            lease_expires=entry.lease_expires,
+        )
+
+    async def list_sagas(
+        self, *, status: SagaStatus | None = None, limit: int = 100
+    ) -> Sequence[SagaSummary]:
+        """List sagas, most recently updated first (see `SagaStore.list_sagas`)."""
+        self._check_open()
+        entries = [
+            (saga_id, e)
+            for saga_id, e in self._sagas.items()
+            if status is None or e.status is status
+        ]
+        entries.sort(key=lambda item: item[1].touched, reverse=True)
+        return [
+            SagaSummary(
+                saga_id=saga_id,
+                saga_name=e.saga_name,
+                status=e.status,
+                version=len(e.records),
+                updated_at=e.updated_at,
+                owner=e.owner,
+            )
+            for saga_id, e in entries[:limit]
+        ]
+
+    # -- leases ----------------------------------------------------------------------
+
+    async def claim(self, *, owner: str, lease: float, limit: int) -> Sequence[Claim]:
+        """Lease unfinished sagas whose lease lapsed (see `SagaStore.claim`)."""
+        self._check_open()
+        now = self._clock.now()
+        candidates = [
+            (saga_id, e)
+            for saga_id, e in self._sagas.items()
+            if e.status in (SagaStatus.RUNNING, SagaStatus.COMPENSATING)
+            and (e.lease_expires is None or e.lease_expires <= now)
+        ]
+        candidates.sort(key=lambda item: item[1].touched)
+        return [self._grant(saga_id, e, owner, now + lease) for saga_id, e in candidates[:limit]]
+
+    async def acquire(self, saga_id: str, *, owner: str, lease: float) -> Claim:
+        """Lease one saga by id (see `SagaStore.acquire`)."""
+        self._check_open()
+        entry = self._entry(saga_id)
+        now = self._clock.now()
+        live = entry.lease_expires is not None and entry.lease_expires > now
+        if live and entry.owner != owner:
+            raise ConcurrencyError(
+                saga_id, message=f"saga {saga_id!r} is leased by {entry.owner!r}"
+            )
+        return self._grant(saga_id, entry, owner, now + lease)
+
+    async def renew(self, *, owner: str, claims: Sequence[Claim], lease: float) -> Sequence[Claim]:
+        """Extend leases still held (see `SagaStore.renew`)."""
+        self._check_open()
+        expires = self._clock.now() + lease
+        renewed: list[Claim] = []
+        for claim in claims:
+            entry = self._sagas.get(claim.saga_id)
+            if entry is None or entry.token != claim.fencing_token or entry.owner != owner:
+                continue
+            entry.lease_expires = expires
+            renewed.append(Claim(claim.saga_id, claim.fencing_token, expires))
+        return renewed
+
+    async def release(self, saga_id: str, *, fencing_token: int) -> None:
+        """Drop a lease early; a stale token is ignored (see `SagaStore.release`)."""
+        self._check_open()
+        entry = self._sagas.get(saga_id)
+        if entry is not None and entry.token == fencing_token:
+            entry.owner = None
+            entry.lease_expires = None
+
+    async def close(self) -> None:
+        """Mark the store closed; idempotent."""
+        self._closed = True
+
+    # -- helpers ---------------------------------------------------------------------
+
+    def _grant(self, saga_id: str, entry: _Entry, owner: str, expires: float) -> Claim:
+        entry.token += 1
+        entry.owner = owner
+        entry.lease_expires = expires
+        return Claim(saga_id, entry.token, expires)
+
+    def _entry(self, saga_id: str) -> _Entry:
+        try:
+            return self._sagas[saga_id]
+        except KeyError:
+            raise SagaNotFoundError(saga_id) from None
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise StoreError("the store is closed")

@@ -1,0 +1,1 @@
+"""Transports: move messages between services (in-memory, Redis, NATS, RabbitMQ, PostgreSQL)."""
