@@ -1,9 +1,47 @@
 """Saga stores: where saga logs live.
 
-`MemorySagaStore` is always available; the durable stores import their drivers
-only when used.
+* `MemorySagaStore` — in-process, nothing survives the process; for tests and demos.
+* `SQLiteSagaStore` — one durable file, no server; one machine.
+* `PostgresSagaStore` — PostgreSQL (``pip install "sagaflow[postgres]"``); many machines.
+
+`open_store` builds one from a URL (``memory://``, ``sqlite:///path``,
+``postgresql://...``). The durable stores are imported lazily: ``import
+sagaflow.stores`` never imports ``sqlite3`` or ``psycopg``.
 """
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+# Import the orchestration package before the memory store: the orchestrator
+# imports the memory store, so starting from here must not enter that cycle halfway.
+import sagaflow.orchestration  # noqa: F401
+from sagaflow.stores._factory import open_store
 from sagaflow.stores.memory import MemorySagaStore
 
-__all__ = ["MemorySagaStore"]
+if TYPE_CHECKING:
+    from sagaflow.stores.postgres import PostgresSagaStore
+    from sagaflow.stores.sqlite import SQLiteSagaStore
+
+__all__ = ["MemorySagaStore", "PostgresSagaStore", "SQLiteSagaStore", "open_store"]
+
+_LAZY = {
+    "SQLiteSagaStore": "sagaflow.stores.sqlite",
+    "PostgresSagaStore": "sagaflow.stores.postgres",
+}
+
+
+def __getattr__(name: str) -> Any:
+    """Import a durable store's module on first use of its name."""
+    module_name = _LAZY.get(name)
+    if module_name is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module_name), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

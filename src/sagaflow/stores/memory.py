@@ -2,7 +2,9 @@
 
 It keeps logs in a dict and enforces every rule the durable stores enforce
 (versions, leases, fencing tokens, the same errors), so a flow tested against it
-behaves the same on SQLite or PostgreSQL. Nothing survives the process.
+behaves the same on SQLite or PostgreSQL. Like them it keeps record data as
+JSON values (a ``datetime`` comes back as an ISO string, a tuple as a list) and
+refuses data that has no JSON form. Nothing survives the process.
 """
 
 from __future__ import annotations
@@ -13,7 +15,6 @@ from dataclasses import dataclass, field
 from sagaflow.clock import Clock, SystemClock
 from sagaflow.errors import (
     ConcurrencyError,
-    ConfigurationError,
     FencedError,
     SagaAlreadyExistsError,
     SagaNotFoundError,
@@ -27,6 +28,7 @@ from sagaflow.orchestration.records import (
     SagaSummary,
     status_after,
 )
+from sagaflow.stores._common import check_create_records, normalize_data
 
 __all__ = ["MemorySagaStore"]
 
@@ -64,8 +66,8 @@ class MemorySagaStore:
     ) -> Claim:
         """Create a saga leased to ``owner`` (see `SagaStore.create`)."""
         self._check_open()
-        if not records:
-            raise ConfigurationError("create() needs at least one record")
+        check_create_records(records)
+        records = _as_stored(records)
         if saga_id in self._sagas:
             raise SagaAlreadyExistsError(saga_id)
         self._seq += 1
@@ -93,6 +95,7 @@ class MemorySagaStore:
     ) -> int:
         """Append atomically with version and fencing checks (see `SagaStore.append`)."""
         self._check_open()
+        records = _as_stored(records)
         entry = self._entry(saga_id)
         if fencing_token != entry.token:
             raise FencedError(saga_id, fencing_token=fencing_token, current_token=entry.token)
@@ -217,3 +220,8 @@ class MemorySagaStore:
     def _check_open(self) -> None:
         if self._closed:
             raise StoreError("the store is closed")
+
+
+def _as_stored(records: Sequence[SagaRecord]) -> list[SagaRecord]:
+    """Return the records as a durable store would hand them back (data as JSON values)."""
+    return [r if r.data is None else r._replace(data=normalize_data(r.data)) for r in records]

@@ -1,0 +1,86 @@
+"""`open_store(url)`: build a saga store from a URL (used by the CLI and by apps)."""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+from sagaflow.clock import Clock
+from sagaflow.errors import ConfigurationError
+from sagaflow.orchestration.store import SagaStore
+from sagaflow.stores._common import mask_url
+
+__all__ = ["open_store"]
+
+_SCHEMES = "memory://, sqlite:///path/to/file.db, sqlite://:memory:, postgresql://..."
+
+
+def open_store(url: str, *, clock: Clock | None = None, **options: Any) -> SagaStore:
+    """Build the saga store a URL names.
+
+    Accepted forms:
+
+    * ``memory://`` — a new `MemorySagaStore`.
+    * ``sqlite:///relative/or/absolute.db`` — a `SQLiteSagaStore` on that file
+      (``sqlite:////abs/path.db`` and ``sqlite:///rel.db`` follow SQLAlchemy's
+      convention: the path is everything after ``sqlite:///``), or
+      ``sqlite://:memory:`` for a throwaway database.
+    * ``postgresql://user:password@host:port/db`` (or ``postgres://``) — a
+      `PostgresSagaStore`; add ``?schema=name`` to choose its schema. Needs the
+      ``postgres`` extra.
+
+    Args:
+        url: The store URL.
+        clock: Time source for leases.
+        **options: Extra keyword arguments for the store's constructor.
+
+    Raises:
+        ConfigurationError: The scheme is unknown or the URL is malformed.
+        MissingDependencyError: The store's driver is not installed.
+    """
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        raise ConfigurationError(f"not a store URL: {mask_url(url)!r}; use one of {_SCHEMES}")
+    scheme = scheme.lower()
+    if scheme == "memory":
+        from sagaflow.stores.memory import MemorySagaStore
+
+        return MemorySagaStore(clock=clock, **options)
+    if scheme == "sqlite":
+        return _sqlite(rest, clock, options)
+    if scheme in ("postgresql", "postgres"):
+        return _postgres(url, clock, options)
+    raise ConfigurationError(
+        f"unknown store URL scheme {scheme!r} in {mask_url(url)!r}; use one of {_SCHEMES}"
+    )
+
+
+def _sqlite(rest: str, clock: Clock | None, options: dict[str, Any]) -> SagaStore:
+    if rest == ":memory:":
+        path = ":memory:"
+    elif rest.startswith("/") and len(rest) > 1:
+        path = unquote(rest[1:].split("?", 1)[0])
+    else:
+        raise ConfigurationError(
+            f"SQLite URL needs a path: sqlite:///file.db or sqlite://:memory:, got sqlite://{rest}"
+        )
+    module = importlib.import_module("sagaflow.stores.sqlite")
+    store: SagaStore = module.SQLiteSagaStore(path, clock=clock, **options)
+    return store
+
+
+def _postgres(url: str, clock: Clock | None, options: dict[str, Any]) -> SagaStore:
+    parts = urlsplit(url)
+    query = [p for p in parts.query.split("&") if p]
+    kept = []
+    for item in query:
+        key, _, value = item.partition("=")
+        if key == "schema":
+            options.setdefault("schema", unquote(value))
+        else:
+            kept.append(item)
+    conninfo = parts._replace(query="&".join(kept)).geturl()
+    module = importlib.import_module("sagaflow.stores.postgres")
+    store: SagaStore = module.PostgresSagaStore(conninfo, clock=clock, **options)
+    return store
