@@ -1,0 +1,184 @@
+"""Helpers shared by the broker transports (private).
+
+Nothing here imports a broker client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import deque
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Generic, TypeVar
+from urllib.parse import urlsplit, urlunsplit
+
+from sagaflow.errors import MessageTooLargeError, TransportClosedError
+from sagaflow.retry import RetryPolicy
+from sagaflow.transports.base import Message, validate_name
+
+logger = logging.getLogger("sagaflow.transports")
+
+T = TypeVar("T")
+D = TypeVar("D")
+
+# Reconnect forever with capped, jittered backoff: a broker restart must not end a
+# subscription, and full jitter keeps many consumers from reconnecting in lockstep.
+RECONNECT_POLICY = RetryPolicy(max_attempts=None, initial_delay=0.05, max_delay=5.0)
+
+# Publishes retry a few times on a lost connection, then surface the error.
+PUBLISH_RETRY_POLICY = RetryPolicy(max_attempts=4, initial_delay=0.05, max_delay=1.0)
+
+
+def mask_url(url: str) -> str:
+    """Return ``url`` with its password replaced by ``***`` (for logs, reprs, errors)."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<invalid url>"
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    port = f":{parts.port}" if parts.port else ""
+    netloc = f"{user}:***@{host}{port}"
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
+def check_messages(messages: Sequence[Message], max_payload: int) -> None:
+    """Validate topics and sizes of ``messages`` before anything is sent.
+
+    Raises:
+        ConfigurationError: A topic name is unsafe.
+        MessageTooLargeError: A body exceeds ``max_payload``.
+    """
+    for message in messages:
+        validate_name("topic", message.topic)
+        if len(message.body) > max_payload:
+            raise MessageTooLargeError(len(message.body), max_payload)
+
+
+def ensure_open(closed: bool, name: str) -> None:
+    """Raise `TransportClosedError` when the transport ``name`` is closed."""
+    if closed:
+        raise TransportClosedError(f"{name} is closed")
+
+
+async def wait_or_closed(awaitable: Awaitable[T], closed: asyncio.Event) -> tuple[bool, T | None]:
+    """Await ``awaitable`` unless ``closed`` is set first.
+
+    Returns:
+        ``(True, result)`` when the awaitable finished first, ``(False, None)`` when
+        the transport closed first; the awaitable is then cancelled.
+    """
+    task = asyncio.ensure_future(awaitable)
+    closer = asyncio.ensure_future(closed.wait())
+    try:
+        await asyncio.wait({task, closer}, return_when=asyncio.FIRST_COMPLETED)
+    except asyncio.CancelledError:
+        task.cancel()
+        raise
+    finally:
+        closer.cancel()
+    if task.done():
+        return True, task.result()
+    task.cancel()
+    return False, None
+
+
+async def sleep_or_closed(seconds: float, closed: asyncio.Event) -> bool:
+    """Sleep ``seconds``; return early (``False``) when ``closed`` is set."""
+    try:
+        await asyncio.wait_for(closed.wait(), timeout=seconds)
+    except TimeoutError:
+        return True
+    return False
+
+
+async def retry_publish(
+    operation: Callable[[], Awaitable[T]],
+    *,
+    retry_on: tuple[type[BaseException], ...],
+    policy: RetryPolicy = PUBLISH_RETRY_POLICY,
+) -> T:
+    """Run ``operation``, retrying on connection errors ``retry_on`` per ``policy``.
+
+    The last error propagates; the caller translates it at its boundary.
+    """
+    attempt = 1
+    while True:
+        try:
+            return await operation()
+        except retry_on as exc:
+            if not policy.should_retry(exc, attempt=attempt, elapsed=0.0):
+                raise
+            await asyncio.sleep(policy.delay(attempt))
+            attempt += 1
+
+
+class PullIterator(Generic[D]):
+    """Cancellation-safe async iterator over batches fetched by a transport.
+
+    An async generator is finalised when a pending ``__anext__`` is cancelled (for
+    instance by ``asyncio.wait_for``), which would end a subscription on the first
+    timeout. Here each fetch runs in its own task: cancelling ``__anext__`` leaves
+    the fetch running and the next call picks up its result, so nothing that was
+    received is dropped.
+
+    Args:
+        fetch: Returns the next batch (maybe empty); handles reconnection itself.
+        closed: The transport's closed event; the iterator ends when it is set.
+        release: Hands unconsumed deliveries back to the broker on `aclose`.
+    """
+
+    def __init__(
+        self,
+        fetch: Callable[[], Awaitable[list[D]]],
+        closed: asyncio.Event,
+        release: Callable[[list[D]], Awaitable[None]],
+    ) -> None:
+        self._fetch = fetch
+        self._closed = closed
+        self._release = release
+        self._buffer: deque[D] = deque()
+        self._task: asyncio.Task[list[D]] | None = None
+        self._stopped = False
+
+    def __aiter__(self) -> PullIterator[D]:
+        return self
+
+    async def __anext__(self) -> D:
+        while True:
+            if self._stopped or self._closed.is_set():
+                raise StopAsyncIteration
+            if self._buffer:
+                return self._buffer.popleft()
+            if self._task is None:
+                self._task = asyncio.ensure_future(self._fetch())
+            finished, _ = await wait_or_closed(asyncio.shield(self._task), self._closed)
+            if not finished:
+                raise StopAsyncIteration
+            task, self._task = self._task, None
+            self._buffer.extend(task.result())
+
+    async def settle_in_flight(self, wait: float) -> list[D]:
+        """Wait (bounded) for a running fetch; return every received, unconsumed item."""
+        items = list(self._buffer)
+        self._buffer.clear()
+        task, self._task = self._task, None
+        if task is not None:
+            # A failed fetch delivered nothing; a timed-out one is recovered by the broker.
+            with contextlib.suppress(Exception):
+                items.extend(await asyncio.wait_for(task, wait))
+        return items
+
+    async def aclose(self) -> None:
+        """Stop iterating and hand every received, unconsumed delivery back."""
+        if self._stopped:
+            return
+        self._stopped = True
+        items = await self.settle_in_flight(wait=10.0)
+        if items and not self._closed.is_set():
+            await self._release(items)

@@ -1,0 +1,723 @@
+"""Redis Streams transport: one stream per topic, one consumer group per sagaflow group.
+
+Install with ``pip install "sagaflow[redis]"``. URLs: ``redis://[user:password@]host:port/db``
+or ``rediss://`` for TLS (query parameters such as ``ssl_cert_reqs`` are passed to
+redis-py).
+
+Layout (``prefix`` defaults to ``sagaflow:``)::
+
+    {prefix}{topic}                 the topic's stream (XADD on publish)
+    {prefix}dlq:{topic}             dead letters of every group of the topic
+    {prefix}delay:{topic}:{group}   ZSET of entry ids waiting for a delayed retry
+
+How the contract is met:
+
+* **Groups** are created idempotently with ``XGROUP CREATE ... $ MKSTREAM`` the first
+  time a group subscribes, so a group sees what is published after it first
+  subscribed. If the group vanishes (a Redis restarted without persistence), it is
+  re-created from ``0`` so that whatever was published since the restart is read.
+* **Own pending first.** A subscription first re-reads its consumer's pending entries
+  (``XREADGROUP ... 0``), then new ones (``>``). Pass a stable ``consumer_name`` for
+  this to matter across restarts; otherwise dead consumers' entries are recovered by
+  ``XAUTOCLAIM`` once idle for ``claim_min_idle`` seconds (keep it well above the
+  slowest handler, or a slow handler's message is delivered twice).
+* **Attempt** is Redis's delivery counter (``XPENDING``) for reclaimed or re-read
+  entries; ``1`` for entries read with ``>``.
+* **Delayed retry** (``nack(delay)``): the entry stays pending (so it can never be
+  lost) and its id goes into the group's delay ZSET, scored by the due time. Every
+  subscription of the group polls the ZSET; the one whose ``ZREM`` wins re-claims the
+  entry with ``XCLAIM`` (which bumps the delivery counter) and delivers it. A process
+  dying in between leaves the entry pending, so ``XAUTOCLAIM`` still recovers it;
+  ``XAUTOCLAIM`` skips entries whose retry is not yet due.
+* **Dead letter**: ``XADD`` to the DLQ stream (with ``reason``, ``group``,
+  ``attempt``, original id) and ``XACK`` in one ``MULTI``.
+* **Bounded length**: with ``max_len``, publishes periodically trim the stream with
+  ``XTRIM MINID`` below the oldest entry any group still needs (its oldest pending
+  entry or the first one it has not read). Unacknowledged entries are never
+  trimmed: a lagging group lets the stream grow past ``max_len``.
+* **Acks** are written behind: ``ack()`` queues the id and the ``XACK`` is sent in
+  the same round trip as the next read (or within ``ack_flush_interval``, and on
+  close). A crash in that window redelivers the message (at-least-once).
+* **Close** hands every delivered-but-unsettled entry to the group's delay ZSET as
+  due now, so another consumer picks it up at once instead of after
+  ``claim_min_idle``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import json
+import os
+import socket
+import time
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from sagaflow._optional import require
+from sagaflow.errors import (
+    ConfigurationError,
+    PublishError,
+    TransportClosedError,
+    TransportUnavailableError,
+)
+from sagaflow.transports._common import (
+    RECONNECT_POLICY,
+    PullIterator,
+    check_messages,
+    ensure_open,
+    logger,
+    mask_url,
+    retry_publish,
+    sleep_or_closed,
+)
+from sagaflow.transports.base import Delivery, Message, TransportFeatures, validate_name
+
+_redis = require("redis", "redis")
+_redis_asyncio = require("redis.asyncio", "redis")
+_exc = require("redis.exceptions", "redis")
+
+__all__ = ["RedisStreamsTransport"]
+
+# Errors that mean "the connection is gone; try again later".
+_CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
+    _exc.ConnectionError,
+    _exc.TimeoutError,
+    ConnectionError,
+    OSError,
+)
+
+_F_ID = b"id"
+_F_BODY = b"body"
+_F_HEADERS = b"headers"
+_F_KEY = b"key"
+
+
+def _s(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _decode(fields: dict[bytes, bytes], topic: str) -> Message:
+    raw_headers = fields.get(_F_HEADERS)
+    headers: dict[str, str] = json.loads(raw_headers) if raw_headers else {}
+    key = fields.get(_F_KEY)
+    return Message(
+        id=_s(fields.get(_F_ID, b"")),
+        topic=topic,
+        body=fields.get(_F_BODY, b""),
+        headers=headers,
+        key=_s(key) if key is not None else None,
+    )
+
+
+def _encode(message: Message) -> dict[bytes, bytes]:
+    fields = {
+        _F_ID: message.id.encode(),
+        _F_BODY: message.body,
+        _F_HEADERS: json.dumps(dict(message.headers), separators=(",", ":")).encode(),
+    }
+    if message.key is not None:
+        fields[_F_KEY] = message.key.encode()
+    return fields
+
+
+def _id_tuple(entry_id: str) -> tuple[int, int]:
+    ms, _, seq = entry_id.partition("-")
+    return int(ms), int(seq or 0)
+
+
+@dataclass(eq=False)
+class _Subscription:
+    """State of one subscription: what it holds and what it must still acknowledge."""
+
+    stream: str
+    group: str
+    consumer: str
+    delay_key: str
+    outstanding: set[str] = field(default_factory=set)
+    ack_buffer: list[str] = field(default_factory=list)
+    pending_cursor: str = "0"
+    group_start: str = "$"
+    group_ready: bool = False
+    pending_done: bool = False
+    failures: int = 0
+    next_claim: float = 0.0
+    next_delay_poll: float = 0.0
+    flush_task: asyncio.Task[None] | None = None
+    iterator: PullIterator[_RedisDelivery] | None = None
+
+
+class _RedisDelivery:
+    """One delivery of a stream entry to a consumer of a group."""
+
+    __slots__ = ("_attempt", "_entry_id", "_message", "_settled", "_sub", "_transport")
+
+    def __init__(
+        self,
+        transport: RedisStreamsTransport,
+        sub: _Subscription,
+        entry_id: str,
+        message: Message,
+        attempt: int,
+    ) -> None:
+        self._transport = transport
+        self._sub = sub
+        self._entry_id = entry_id
+        self._message = message
+        self._attempt = attempt
+        self._settled = False
+
+    @property
+    def message(self) -> Message:
+        """The delivered message."""
+        return self._message
+
+    @property
+    def attempt(self) -> int:
+        """Redis's delivery counter for this entry in this group (1 the first time)."""
+        return self._attempt
+
+    def _settle(self) -> bool:
+        if self._settled:
+            return False
+        ensure_open(self._transport._closed.is_set(), "RedisStreamsTransport")
+        self._settled = True
+        self._sub.outstanding.discard(self._entry_id)
+        return True
+
+    async def ack(self) -> None:
+        """Acknowledge (write-behind: sent with the next read or within the flush interval)."""
+        if self._settle():
+            self._transport._queue_ack(self._sub, self._entry_id)
+
+    async def nack(self, *, delay: float = 0.0) -> None:
+        """Redeliver to the group after ``delay`` seconds; the entry stays pending meanwhile."""
+        if self._settle():
+            await self._transport._schedule_retry(self._sub, [self._entry_id], delay)
+
+    async def dead_letter(self, reason: str) -> None:
+        """Copy the entry to the DLQ stream with ``reason`` and acknowledge it, atomically."""
+        if self._settle():
+            await self._transport._dead_letter(self._sub, self._entry_id, self, reason)
+
+
+class RedisStreamsTransport:
+    """Transport over Redis Streams consumer groups (see the module docstring).
+
+    Args:
+        url: ``redis://`` or ``rediss://`` URL; credentials and TLS options are passed
+            to redis-py and never logged.
+        prefix: Prefix of every key this transport uses.
+        consumer_name: Stable consumer name base (e.g. a pod name) so a restarted
+            process re-reads its own pending entries first; defaults to
+            ``host-pid-random``. Subscriptions append ``-1``, ``-2``, ...
+        batch_size: Entries read per ``XREADGROUP``/``XAUTOCLAIM``.
+        block: Seconds one ``XREADGROUP`` blocks; also the latency of noticing due
+            delayed retries and reclaimable entries.
+        claim_min_idle: Seconds an entry must sit unacknowledged with a consumer before
+            another consumer reclaims it (keep well above the slowest handler).
+        claim_interval: Seconds between ``XAUTOCLAIM`` passes of one subscription.
+        max_deliveries: Safety net: an entry delivered more often than this (for
+            instance one that crashes its consumer every time) is dead-lettered by the
+            transport instead of being delivered again.
+        max_len: Trim acknowledged entries once a stream exceeds this many entries;
+            ``None`` never trims.
+        max_payload: Largest body accepted, in bytes.
+        ack_flush_interval: Longest time an ``ack()`` waits before its ``XACK`` is sent.
+        persistent: Declare ``features.persistent``; set it when the Redis server
+            persists with AOF (``appendfsync always`` or ``everysec``).
+        client_options: Extra keyword arguments for ``redis.asyncio.Redis.from_url``.
+    """
+
+    def __init__(
+        self,
+        url: str = "redis://127.0.0.1:6379/0",
+        *,
+        prefix: str = "sagaflow:",
+        consumer_name: str | None = None,
+        batch_size: int = 200,
+        block: float = 0.25,
+        claim_min_idle: float = 60.0,
+        claim_interval: float = 5.0,
+        max_deliveries: int = 25,
+        max_len: int | None = 100_000,
+        max_payload: int = 1024 * 1024,
+        ack_flush_interval: float = 0.02,
+        persistent: bool = False,
+        client_options: dict[str, Any] | None = None,
+    ) -> None:
+        if batch_size < 1 or max_deliveries < 1 or block <= 0 or claim_min_idle <= 0:
+            raise ConfigurationError(
+                "batch_size, max_deliveries, block and claim_min_idle must be positive"
+            )
+        self._url = url
+        self._prefix = prefix
+        self._consumer_base = consumer_name or (
+            f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        )
+        self._batch = batch_size
+        self._block_ms = max(1, int(block * 1000))
+        self._claim_min_idle_ms = int(claim_min_idle * 1000)
+        self._claim_interval = claim_interval
+        self._max_deliveries = max_deliveries
+        self._max_len = max_len
+        self._ack_flush_interval = ack_flush_interval
+        self.features = TransportFeatures(
+            persistent=persistent,
+            ordered=True,
+            competing_consumers=True,
+            native_delay=True,
+            native_dead_letter=True,
+            max_payload=max_payload,
+        )
+        options = {"decode_responses": False, "health_check_interval": 15}
+        options.update(client_options or {})
+        try:
+            # Typed as Any: redis-py's stubs type replies as bytes | str | Awaitable.
+            self._client: Any = _redis_asyncio.Redis.from_url(url, **options)
+        except ValueError as exc:
+            raise ConfigurationError(f"invalid Redis URL {mask_url(url)}: {exc}") from None
+        self._closed = asyncio.Event()
+        self._subs: set[_Subscription] = set()
+        self._counter = itertools.count(1)
+        self._publishes_since_trim: dict[str, int] = {}
+        self._trim_tasks: set[asyncio.Task[None]] = set()
+
+    def __repr__(self) -> str:
+        return f"RedisStreamsTransport({mask_url(self._url)!r})"
+
+    # --- keys --------------------------------------------------------------------------
+
+    def stream_key(self, topic: str) -> str:
+        """Return the Redis key of ``topic``'s stream."""
+        return f"{self._prefix}{topic}"
+
+    def dead_letter_key(self, topic: str) -> str:
+        """Return the Redis key of ``topic``'s dead-letter stream."""
+        return f"{self._prefix}dlq:{topic}"
+
+    def _delay_key(self, topic: str, group: str) -> str:
+        return f"{self._prefix}delay:{topic}:{group}"
+
+    # --- publish -----------------------------------------------------------------------
+
+    async def publish(self, messages: Sequence[Message]) -> None:
+        """Append ``messages`` to their topics' streams in one pipeline.
+
+        Raises:
+            MessageTooLargeError: A body exceeds ``features.max_payload`` (nothing sent).
+            TransportUnavailableError: Redis could not be reached after a few retries.
+            PublishError: Redis refused an entry.
+            TransportClosedError: The transport is closed.
+        """
+        ensure_open(self._closed.is_set(), "RedisStreamsTransport")
+        check_messages(messages, self.features.max_payload)
+        if not messages:
+            return
+
+        async def send() -> list[Any]:
+            async with self._client.pipeline(transaction=False) as pipe:
+                for message in messages:
+                    pipe.xadd(self.stream_key(message.topic), _encode(message))
+                replies: list[Any] = await pipe.execute(raise_on_error=False)
+                return replies
+
+        try:
+            results = await retry_publish(send, retry_on=_CONNECTION_ERRORS)
+        except _CONNECTION_ERRORS as exc:
+            raise TransportUnavailableError(
+                f"Redis at {mask_url(self._url)} is unreachable: {type(exc).__name__}"
+            ) from exc
+        for result in results:
+            if isinstance(result, Exception):
+                raise PublishError(f"Redis refused a publish: {result}") from result
+        self._maybe_trim(messages)
+
+    def _maybe_trim(self, messages: Sequence[Message]) -> None:
+        if self._max_len is None:
+            return
+        # Trim about every tenth of max_len publishes per topic: cheap, and the stream
+        # never exceeds max_len by more than that while every group keeps up.
+        every = max(1, self._max_len // 10)
+        for topic in {m.topic for m in messages}:
+            count = self._publishes_since_trim.get(topic, 0) + sum(
+                1 for m in messages if m.topic == topic
+            )
+            if count >= every:
+                count = 0
+                task = asyncio.create_task(self._trim(topic))
+                self._trim_tasks.add(task)
+                task.add_done_callback(self._trim_tasks.discard)
+            self._publishes_since_trim[topic] = count
+
+    async def _trim(self, topic: str) -> None:
+        """Drop entries every group has acknowledged, when the stream is over max_len."""
+        stream = self.stream_key(topic)
+        try:
+            if await self._client.xlen(stream) <= (self._max_len or 0):
+                return
+            floor = await self._safe_floor(stream)
+            if floor is None:
+                await self._client.xtrim(stream, maxlen=self._max_len, approximate=True)
+            else:
+                await self._client.xtrim(stream, minid=floor, approximate=False)
+        except (_exc.RedisError, OSError) as exc:
+            logger.warning("trimming %s failed: %s", stream, type(exc).__name__)
+
+    async def _safe_floor(self, stream: str) -> str | None:
+        """Return the smallest entry id some group still needs (``None``: no groups)."""
+        groups = await self._client.xinfo_groups(stream)
+        if not groups:
+            return None
+        floor: tuple[int, int] | None = None
+        for info in groups:
+            last = _id_tuple(_s(info["last-delivered-id"]))
+            needed = (last[0], last[1] + 1)  # first entry this group has not read
+            if int(info["pending"]):
+                summary = await self._client.xpending(stream, _s(info["name"]))
+                if summary["min"] is not None:
+                    needed = min(needed, _id_tuple(_s(summary["min"])))
+            floor = needed if floor is None else min(floor, needed)
+        assert floor is not None
+        return f"{floor[0]}-{floor[1]}"
+
+    # --- subscribe ---------------------------------------------------------------------
+
+    def subscribe(self, topic: str, *, group: str) -> AsyncIterator[Delivery]:
+        """Iterate deliveries of ``topic`` for ``group`` (see the module docstring).
+
+        Raises:
+            ConfigurationError: ``topic`` or ``group`` is not a safe name.
+            TransportClosedError: The transport is closed.
+        """
+        validate_name("topic", topic)
+        validate_name("group", group)
+        ensure_open(self._closed.is_set(), "RedisStreamsTransport")
+        sub = _Subscription(
+            stream=self.stream_key(topic),
+            group=group,
+            consumer=f"{self._consumer_base}-{next(self._counter)}",
+            delay_key=self._delay_key(topic, group),
+        )
+        sub.iterator = PullIterator(
+            lambda: self._fetch(topic, sub),
+            self._closed,
+            lambda items: self._release(sub, items),
+        )
+        self._subs.add(sub)
+        return sub.iterator
+
+    async def _fetch(self, topic: str, sub: _Subscription) -> list[_RedisDelivery]:
+        """Return the next non-empty batch of deliveries, reconnecting as needed."""
+        while not self._closed.is_set():
+            try:
+                batch = await self._next_batch(sub)
+                sub.failures = 0
+            except _exc.ResponseError as exc:
+                if "NOGROUP" not in str(exc):
+                    raise TransportUnavailableError(f"Redis error: {exc}") from exc
+                # The group vanished (Redis restarted without persistence): re-create it
+                # from 0 so whatever was published since the restart is read.
+                sub.group_start, sub.group_ready = "0", False
+                continue
+            except _CONNECTION_ERRORS as exc:
+                sub.failures += 1
+                sub.group_start, sub.group_ready = "0", False
+                delay = RECONNECT_POLICY.delay(sub.failures)
+                logger.warning(
+                    "Redis at %s unavailable (%s); retrying in %.2fs",
+                    mask_url(self._url),
+                    type(exc).__name__,
+                    delay,
+                )
+                await sleep_or_closed(delay, self._closed)
+                continue
+            out = []
+            for entry_id, fields, attempt in batch:
+                delivery = await self._deliverable(topic, sub, entry_id, fields, attempt)
+                if delivery is not None:
+                    out.append(delivery)
+            if out:
+                return out
+        return []
+
+    async def _next_batch(self, sub: _Subscription) -> list[tuple[str, dict[bytes, bytes], int]]:
+        if not sub.group_ready:
+            await self._ensure_group(sub, start=sub.group_start)
+            sub.group_ready = True
+        if not sub.pending_done:
+            batch = await self._read_own_pending(sub)
+            if batch:
+                return batch
+            sub.pending_done = True
+        now = time.monotonic()
+        if now >= sub.next_delay_poll:
+            sub.next_delay_poll = now + self._block_ms / 1000
+            batch = await self._claim_due_retries(sub)
+            if batch:
+                return batch
+        if now >= sub.next_claim:
+            sub.next_claim = now + self._claim_interval
+            batch = await self._autoclaim(sub)
+            if batch:
+                return batch
+        return await self._read_new(sub)
+
+    async def _release(self, sub: _Subscription, deliveries: list[_RedisDelivery]) -> None:
+        """Hand deliveries the consumer never saw back to the group, due now."""
+        ids = []
+        for delivery in deliveries:
+            if not delivery._settled:
+                delivery._settled = True
+                sub.outstanding.discard(delivery._entry_id)
+                ids.append(delivery._entry_id)
+        if ids:
+            await self._schedule_retry(sub, ids, 0.0)
+
+    async def _deliverable(
+        self,
+        topic: str,
+        sub: _Subscription,
+        entry_id: str,
+        fields: dict[bytes, bytes],
+        attempt: int,
+    ) -> _RedisDelivery | None:
+        delivery = _RedisDelivery(self, sub, entry_id, _decode(fields, topic), attempt)
+        if attempt > self._max_deliveries:
+            # A message that keeps killing its consumer would otherwise loop forever.
+            delivery._settled = True
+            sub.outstanding.discard(entry_id)
+            await self._dead_letter(
+                sub, entry_id, delivery, f"delivered {attempt} times (max {self._max_deliveries})"
+            )
+            return None
+        return delivery
+
+    async def _ensure_group(self, sub: _Subscription, *, start: str) -> None:
+        try:
+            await self._client.xgroup_create(sub.stream, sub.group, id=start, mkstream=True)
+        except _exc.ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+
+    async def _read_new(self, sub: _Subscription) -> list[tuple[str, dict[bytes, bytes], int]]:
+        async with self._client.pipeline(transaction=False) as pipe:
+            acks = self._take_acks(sub)
+            if acks:
+                pipe.xack(sub.stream, sub.group, *acks)
+            pipe.xreadgroup(
+                sub.group,
+                sub.consumer,
+                {sub.stream: ">"},
+                count=self._batch,
+                block=self._block_ms,
+            )
+            try:
+                results = await pipe.execute()
+            except BaseException:
+                sub.ack_buffer.extend(acks)  # not known to be sent: keep for the next try
+                raise
+        entries = [(_s(i), f, 1) for i, f in self._entries(results[-1])]
+        sub.outstanding.update(entry_id for entry_id, _, _ in entries)
+        return entries
+
+    @staticmethod
+    def _entries(response: Any) -> list[tuple[bytes, dict[bytes, bytes]]]:
+        if not response:
+            return []
+        if isinstance(response, dict):  # RESP3
+            return [e for e in next(iter(response.values()))[0] if e[1] is not None]
+        return [e for e in response[0][1] if e[1] is not None]
+
+    async def _read_own_pending(
+        self, sub: _Subscription
+    ) -> list[tuple[str, dict[bytes, bytes], int]]:
+        response = await self._client.xreadgroup(
+            sub.group, sub.consumer, {sub.stream: sub.pending_cursor}, count=self._batch
+        )
+        entries = self._entries(response)
+        if not entries:
+            return []
+        # Walk the pending list with a cursor: re-reading from "0" would return entries
+        # whose (write-behind) acks are not sent yet.
+        sub.pending_cursor = _s(entries[-1][0])
+        found = {_s(i): f for i, f in entries}
+        batch = await self._with_attempts(sub, list(found), found)
+        return batch or await self._read_own_pending(sub)
+
+    async def _autoclaim(self, sub: _Subscription) -> list[tuple[str, dict[bytes, bytes], int]]:
+        response = await self._client.xautoclaim(
+            sub.stream,
+            sub.group,
+            sub.consumer,
+            self._claim_min_idle_ms,
+            start_id="0-0",
+            count=self._batch,
+        )
+        found = {_s(i): f for i, f in response[1] if f is not None}
+        return await self._with_attempts(sub, list(found), found)
+
+    async def _claim_due_retries(
+        self, sub: _Subscription
+    ) -> list[tuple[str, dict[bytes, bytes], int]]:
+        now_ms = int(time.time() * 1000)
+        due = await self._client.zrangebyscore(sub.delay_key, "-inf", now_ms, 0, self._batch)
+        if not due:
+            return []
+        async with self._client.pipeline(transaction=False) as pipe:
+            for member in due:
+                pipe.zrem(sub.delay_key, member)
+            removed = await pipe.execute()
+        # Whoever removes an id from the ZSET owns its retry; others skip it.
+        won = [_s(m) for m, r in zip(due, removed, strict=True) if r]
+        if not won:
+            return []
+        claimed = await self._client.xclaim(sub.stream, sub.group, sub.consumer, 0, won)
+        found = {_s(i): f for i, f in claimed if f is not None}
+        gone = [i for i in won if i not in found]
+        if gone:  # trimmed or deleted by hand: nothing left to deliver
+            await self._client.xack(sub.stream, sub.group, *gone)
+        return await self._with_attempts(sub, list(found), found, skip_delayed=False)
+
+    async def _with_attempts(
+        self,
+        sub: _Subscription,
+        ids: list[str],
+        found: dict[str, dict[bytes, bytes]],
+        *,
+        skip_delayed: bool = True,
+    ) -> list[tuple[str, dict[bytes, bytes], int]]:
+        """Attach Redis's delivery counters; drop entries whose delayed retry is not due."""
+        if not ids:
+            return []
+        async with self._client.pipeline(transaction=False) as pipe:
+            for entry_id in ids:
+                pipe.xpending_range(sub.stream, sub.group, entry_id, entry_id, 1)
+            if skip_delayed:
+                pipe.zmscore(sub.delay_key, ids)
+            results = await pipe.execute()
+        scores = results[-1] if skip_delayed else [None] * len(ids)
+        out = []
+        for entry_id, pending, score in zip(ids, results[: len(ids)], scores, strict=True):
+            if score is not None:
+                continue  # waiting for its delayed retry; the ZSET poller delivers it
+            attempt = int(pending[0]["times_delivered"]) if pending else 1
+            sub.outstanding.add(entry_id)
+            out.append((entry_id, found[entry_id], attempt))
+        return out
+
+    # --- settling ----------------------------------------------------------------------
+
+    def _take_acks(self, sub: _Subscription) -> list[str]:
+        acks, sub.ack_buffer = sub.ack_buffer, []
+        return acks
+
+    def _queue_ack(self, sub: _Subscription, entry_id: str) -> None:
+        sub.ack_buffer.append(entry_id)
+        if sub.flush_task is None or sub.flush_task.done():
+            sub.flush_task = asyncio.create_task(self._flush_later(sub))
+
+    async def _flush_later(self, sub: _Subscription) -> None:
+        await asyncio.sleep(self._ack_flush_interval)
+        await self._flush_acks(sub)
+
+    async def _flush_acks(self, sub: _Subscription) -> None:
+        acks = self._take_acks(sub)
+        if not acks:
+            return
+        try:
+            await self._client.xack(sub.stream, sub.group, *acks)
+        except (_exc.RedisError, OSError) as exc:
+            # Unsent acks only cause redelivery (at-least-once); keep them for later.
+            sub.ack_buffer.extend(acks)
+            logger.warning("XACK failed (%s); will retry", type(exc).__name__)
+
+    async def _schedule_retry(self, sub: _Subscription, ids: list[str], delay: float) -> None:
+        due_ms = int((time.time() + max(delay, 0.0)) * 1000)
+        try:
+            await self._client.zadd(sub.delay_key, dict.fromkeys(ids, due_ms))
+        except _CONNECTION_ERRORS as exc:
+            # Still pending in Redis: XAUTOCLAIM redelivers it after claim_min_idle.
+            raise TransportUnavailableError(
+                f"Redis unreachable while scheduling a retry: {type(exc).__name__}"
+            ) from exc
+
+    async def _dead_letter(
+        self, sub: _Subscription, entry_id: str, delivery: _RedisDelivery, reason: str
+    ) -> None:
+        message = delivery.message
+        fields = _encode(message)
+        fields.update(
+            {
+                b"reason": reason.encode(),
+                b"group": sub.group.encode(),
+                b"topic": message.topic.encode(),
+                b"attempt": str(delivery.attempt).encode(),
+                b"entry_id": entry_id.encode(),
+                b"failed_at": str(time.time()).encode(),
+            }
+        )
+        try:
+            async with self._client.pipeline(transaction=True) as pipe:
+                pipe.xadd(self.dead_letter_key(message.topic), fields)
+                pipe.xack(sub.stream, sub.group, entry_id)
+                pipe.zrem(sub.delay_key, entry_id)
+                await pipe.execute()
+        except _CONNECTION_ERRORS as exc:
+            raise TransportUnavailableError(
+                f"Redis unreachable while dead-lettering: {type(exc).__name__}"
+            ) from exc
+
+    # --- dead letters ------------------------------------------------------------------
+
+    async def dead_letters(self, topic: str, *, count: int = 100) -> list[dict[str, Any]]:
+        """Return up to ``count`` dead letters of ``topic``, oldest first.
+
+        Each item has ``message`` (a `Message`), ``reason``, ``group``, ``attempt`` and
+        ``dlq_id`` (the DLQ entry id, for deleting it after a replay).
+        """
+        ensure_open(self._closed.is_set(), "RedisStreamsTransport")
+        entries = await self._client.xrange(self.dead_letter_key(topic), count=count)
+        return [
+            {
+                "dlq_id": _s(entry_id),
+                "message": _decode(fields, topic),
+                "reason": _s(fields.get(b"reason", b"")),
+                "group": _s(fields.get(b"group", b"")),
+                "attempt": int(fields.get(b"attempt", b"0")),
+            }
+            for entry_id, fields in entries
+        ]
+
+    # --- close -------------------------------------------------------------------------
+
+    async def close(self) -> None:
+        """Stop subscriptions, flush acks, hand unsettled entries back, close the client."""
+        if self._closed.is_set():
+            return
+        self._closed.set()
+        for sub in list(self._subs):
+            await self._drain(sub)
+        for task in list(self._trim_tasks):
+            task.cancel()
+        with contextlib.suppress(Exception):
+            await self._client.aclose()
+
+    async def _drain(self, sub: _Subscription) -> None:
+        if sub.flush_task is not None:
+            sub.flush_task.cancel()
+        if sub.iterator is not None:
+            # Entries of a read the server already served are in sub.outstanding once
+            # the read finishes; wait for it so they are handed back below.
+            await sub.iterator.settle_in_flight(wait=self._block_ms / 1000 + 2)
+        try:
+            await self._flush_acks(sub)
+            if sub.outstanding:
+                await self._schedule_retry(sub, sorted(sub.outstanding), 0.0)
+                sub.outstanding.clear()
+        except (TransportClosedError, TransportUnavailableError, _exc.RedisError, OSError):
+            # Still pending in Redis: XAUTOCLAIM recovers them after claim_min_idle.
+            logger.warning("could not hand back unsettled entries of %s", sub.stream)
