@@ -1,0 +1,111 @@
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from sagaflow.errors import ConfigurationError, TransportClosedError
+from sagaflow.testing.transport_contract import TransportContract, unique_name
+from sagaflow.transports.base import Message
+from sagaflow.transports.memory import MemoryTransport
+
+
+class TestMemoryTransport(TransportContract):
+    quiet_period = 0.1
+    redelivery_timeout = 2.0
+
+    async def make_transport(self) -> MemoryTransport:
+        return MemoryTransport(max_payload=64 * 1024)
+
+
+def msg(topic: str, n: int) -> Message:
+    return Message(id=f"m{n}", topic=topic, body=str(n).encode())
+
+
+async def test_messages_before_the_group_exists_are_not_kept() -> None:
+    transport = MemoryTransport()
+    await transport.publish([msg("t", 1)])
+    consumer = transport.subscribe("t", group="g")
+    await transport.publish([msg("t", 2)])
+    delivery = await anext(consumer)
+    assert delivery.message.id == "m2"
+    assert transport.pending("t", group="g") == 0
+    await transport.close()
+
+
+async def test_unsettled_deliveries_return_in_order_at_the_front() -> None:
+    transport = MemoryTransport()
+    consumer = transport.subscribe("t", group="g")
+    await transport.publish([msg("t", i) for i in range(4)])
+    first = await anext(consumer)
+    second = await anext(consumer)
+    await consumer.aclose()
+    await consumer.aclose()  # idempotent
+    assert transport.pending("t", group="g") == 4
+    again = transport.subscribe("t", group="g")
+    got = [(await anext(again)) for _ in range(4)]
+    assert [d.message.id for d in got] == ["m0", "m1", "m2", "m3"]
+    assert [d.attempt for d in got] == [2, 2, 1, 1]
+    await first.ack()  # settled by the close: no-op, no error
+    await second.nack()
+    assert transport.pending("t", group="g") == 0
+    await transport.close()
+
+
+async def test_closing_an_iterator_wakes_its_waiting_task() -> None:
+    transport = MemoryTransport()
+    consumer = transport.subscribe("t", group="g")
+    waiting = asyncio.ensure_future(anext(consumer))
+    await asyncio.sleep(0)
+    await consumer.aclose()
+    with pytest.raises(StopAsyncIteration):
+        await asyncio.wait_for(waiting, 1)
+    await transport.close()
+
+
+async def test_cancelled_waiter_passes_its_wakeup_on() -> None:
+    transport = MemoryTransport()
+    a = transport.subscribe("t", group="g")
+    b = transport.subscribe("t", group="g")
+    task_a = asyncio.ensure_future(anext(a))
+    task_b = asyncio.ensure_future(anext(b))
+    await asyncio.sleep(0)
+    await transport.publish([msg("t", 1)])  # wakes a ...
+    task_a.cancel()  # ... which dies before taking it
+    delivery = await asyncio.wait_for(task_b, 1)
+    assert delivery.message.id == "m1"
+    await transport.close()
+
+
+async def test_settling_after_close_is_refused_and_timers_stop() -> None:
+    transport = MemoryTransport()
+    consumer = transport.subscribe("t", group="g")
+    await transport.publish([msg("t", 1), msg("t", 2)])
+    first = await anext(consumer)
+    second = await anext(consumer)
+    await first.nack(delay=60)
+    await transport.close()
+    with pytest.raises(TransportClosedError):
+        await second.ack()
+    with pytest.raises(TransportClosedError):
+        await transport.declare("t", group="g")
+    assert "closed" in repr(transport)
+
+
+async def test_dead_letters_are_listed_with_reason() -> None:
+    transport = MemoryTransport()
+    topic, group = unique_name("t"), unique_name("g")
+    consumer = transport.subscribe(topic, group=group)
+    await transport.publish([msg(topic, 1)])
+    delivery = await anext(consumer)
+    await delivery.dead_letter("bad input")
+    [letter] = transport.dead_letters(topic=topic)
+    assert (letter.group, letter.reason, letter.attempt) == (group, "bad input", 1)
+    assert transport.dead_letters(group="other") == []
+    assert "attempt=1" in repr(delivery)
+    await transport.close()
+
+
+def test_configuration_is_checked() -> None:
+    with pytest.raises(ConfigurationError):
+        MemoryTransport(max_payload=0)
