@@ -23,18 +23,23 @@ def name(prefix: str = "t") -> str:
 
 
 def msg(topic: str, i: int, **headers: str) -> Message:
-    return Message(id=f"m{i}-{uuid.uuid4().hex[:6]}", topic=topic, body=f"body-{i}".encode(),
-                   headers={"n": str(i), **headers}, key=f"k{i % 3}")
+    return Message(
+        id=f"m{i}-{uuid.uuid4().hex[:6]}",
+        topic=topic,
+        body=f"body-{i}".encode(),
+        headers={"n": str(i), **headers},
+        key=f"k{i % 3}",
+    )
 
 
-async def take(it: AsyncIterator[Delivery], n: int, timeout: float = 10.0) -> list[Delivery]:
+async def take(it: AsyncIterator[Delivery], n: int, within: float = 10.0) -> list[Delivery]:
     out: list[Delivery] = []
 
     async def run() -> None:
         while len(out) < n:
             out.append(await anext(it))
 
-    await asyncio.wait_for(run(), timeout)
+    await asyncio.wait_for(run(), within)
     return out
 
 
@@ -78,8 +83,11 @@ async def fanout_and_competing(factory: Factory) -> None:
     t = await factory()
     topic, g1, g2 = name("topic"), name("g"), name("g")
     try:
-        a1, a2, b = (t.subscribe(topic, group=g1), t.subscribe(topic, group=g1),
-                     t.subscribe(topic, group=g2))
+        a1, a2, b = (
+            t.subscribe(topic, group=g1),
+            t.subscribe(topic, group=g1),
+            t.subscribe(topic, group=g2),
+        )
         tasks = [await started(x) for x in (a1, a2, b)]
         n = 40
         await t.publish([msg(topic, i) for i in range(n)])
@@ -92,16 +100,20 @@ async def fanout_and_competing(factory: Factory) -> None:
                 await d.ack()
                 d = await anext(it)
 
-        runners = [asyncio.create_task(drain(x, f, g))
-                   for x, f, g in ((a1, tasks[0], g1), (a2, tasks[1], g1), (b, tasks[2], g2))]
+        runners = [
+            asyncio.create_task(drain(x, f, g))
+            for x, f, g in ((a1, tasks[0], g1), (a2, tasks[1], g1), (b, tasks[2], g2))
+        ]
         deadline = time.monotonic() + 15
         while (len(seen[g1]) < n or len(seen[g2]) < n) and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
         await asyncio.sleep(0.5)
         for r in runners:
             r.cancel()
-        assert len(seen[g1]) == n and len(set(seen[g1])) == n
-        assert len(seen[g2]) == n and len(set(seen[g2])) == n
+        assert len(seen[g1]) == n
+        assert len(set(seen[g1])) == n
+        assert len(seen[g2]) == n
+        assert len(set(seen[g2])) == n
     finally:
         await t.close()
 
@@ -117,7 +129,7 @@ async def nack_delay(factory: Factory, delay: float = 1.0) -> None:
         assert d.attempt == 1
         t0 = time.monotonic()
         await d.nack(delay=delay)
-        (d2,) = await take(it, 1, timeout=delay + 10)
+        (d2,) = await take(it, 1, within=delay + 10)
         assert time.monotonic() - t0 >= delay * 0.9
         assert d2.message.id == d.message.id
         assert d2.attempt == 2
@@ -130,7 +142,9 @@ async def nack_delay(factory: Factory, delay: float = 1.0) -> None:
         await t.close()
 
 
-async def dead_letter(factory: Factory, read_dlq: Callable[[Any, str], Awaitable[list[tuple[str, str]]]]) -> None:
+async def dead_letter(
+    factory: Factory, read_dlq: Callable[[Any, str], Awaitable[list[tuple[str, str]]]]
+) -> None:
     """read_dlq(transport, topic) -> [(message id, reason)]"""
     t = await factory()
     topic, group = name("topic"), name("g")
@@ -157,7 +171,7 @@ async def dead_letter(factory: Factory, read_dlq: Callable[[Any, str], Awaitable
         await t.close()
 
 
-async def redelivered_after_close(factory: Factory, timeout: float = 15.0) -> None:
+async def redelivered_after_close(factory: Factory, within: float = 15.0) -> None:
     t1 = await factory()
     topic, group = name("topic"), name("g")
     it = t1.subscribe(topic, group=group)
@@ -175,7 +189,7 @@ async def redelivered_after_close(factory: Factory, timeout: float = 15.0) -> No
     t2 = await factory()
     try:
         it2 = t2.subscribe(topic, group=group)
-        again = await take(it2, 2, timeout=timeout)
+        again = await take(it2, 2, within=within)
         assert sorted(d.message.id for d in again) == sorted(m.id for m in sent[1:])
         assert all(d.attempt >= 2 for d in again)
         for d in again:
@@ -204,7 +218,9 @@ async def close_ends_iterator(factory: Factory) -> None:
         await asyncio.wait_for(task, 5)
 
 
-async def max_deliveries(factory: Factory, read_dlq: Callable[[Any, str], Awaitable[list[tuple[str, str]]]], limit: int) -> None:
+async def max_deliveries(
+    factory: Factory, read_dlq: Callable[[Any, str], Awaitable[list[tuple[str, str]]]], limit: int
+) -> None:
     """A message nacked more than `limit` times ends in the DLQ, not delivered again."""
     t = await factory()
     topic, group = name("topic"), name("g")
@@ -218,7 +234,7 @@ async def max_deliveries(factory: Factory, read_dlq: Callable[[Any, str], Awaita
         await d.nack()
         while True:
             try:
-                (d,) = await take(it, 1, timeout=3)
+                (d,) = await take(it, 1, within=3)
             except TimeoutError:
                 break
             attempts.append(d.attempt)
