@@ -1,0 +1,696 @@
+"""The `Orchestrator`: runs saga instances, writing the log before every effect.
+
+For each instance it writes ``STEP_STARTED`` to the store *before* calling an
+action and ``STEP_COMPLETED`` / ``STEP_FAILED`` after; a completion is sent
+together with the next ``STARTED`` record (or the final record), so a 4-step saga
+costs five store writes. If a step fails beyond its retry policy, it runs the
+compensations of every completed (or possibly completed) compensatable step in
+reverse order of completion. Cancellation of the calling task runs compensations
+too, shielded from the cancellation itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import random
+import uuid
+from collections.abc import Mapping, Sequence
+from typing import Any, Generic, TypeVar
+
+from pydantic import BaseModel, ValidationError
+
+from sagaflow.clock import Clock, SystemClock
+from sagaflow.errors import (
+    DefinitionMismatchError,
+    FencedError,
+    SagaAlreadyExistsError,
+    SagaCancelledError,
+    SagaDeadlineExceededError,
+    SchemaError,
+    StepTimeoutError,
+    StoreUnavailableError,
+)
+from sagaflow.orchestration.context import StepContext
+from sagaflow.orchestration.definition import Saga, Step, StepKind, StepResult, _Plan
+from sagaflow.orchestration.hooks import HookDispatcher, SagaHooks, fire
+from sagaflow.orchestration.records import (
+    Claim,
+    RecordKind,
+    SagaLog,
+    SagaRecord,
+    SagaStatus,
+    error_info,
+)
+from sagaflow.orchestration.result import SagaResult
+from sagaflow.orchestration.store import SagaStore
+from sagaflow.retry import RetryPolicy
+from sagaflow.stores.memory import MemorySagaStore
+
+__all__ = ["Orchestrator"]
+
+S = TypeVar("S", bound=BaseModel)
+
+_log = logging.getLogger("sagaflow.orchestration")
+
+DEFAULT_STORE_RETRY = RetryPolicy(
+    max_attempts=6, initial_delay=0.05, max_delay=2.0, retry_on=(StoreUnavailableError,)
+)
+
+_STARTED = RecordKind.STEP_STARTED
+_COMPLETED = RecordKind.STEP_COMPLETED
+_FAILED = RecordKind.STEP_FAILED
+
+
+class Orchestrator:
+    """Runs saga instances against a `SagaStore`.
+
+    One orchestrator can run many sagas concurrently; it is safe to share between
+    tasks of one event loop.
+
+    Args:
+        store: Where saga logs are written; defaults to a new `MemorySagaStore`.
+        hooks: Lifecycle callbacks (tracing, metrics, journals).
+        clock: Time source for timeouts, deadlines, backoff and leases.
+        owner: This worker's id in leases; defaults to a random one.
+        lease: Seconds a saga stays leased to this worker without a heartbeat.
+        store_retry: How writes to the store are retried when the store is unavailable.
+        seed: Seed for retry jitter, for reproducible runs.
+    """
+
+    def __init__(
+        self,
+        store: SagaStore | None = None,
+        *,
+        hooks: Sequence[SagaHooks] = (),
+        clock: Clock | None = None,
+        owner: str | None = None,
+        lease: float = 30.0,
+        store_retry: RetryPolicy = DEFAULT_STORE_RETRY,
+        seed: int | None = None,
+    ) -> None:
+        self.clock: Clock = clock or SystemClock()
+        self.store: SagaStore = store if store is not None else MemorySagaStore(clock=self.clock)
+        self.hooks = HookDispatcher(hooks)
+        self.owner = owner or f"orchestrator-{uuid.uuid4().hex[:12]}"
+        self.lease = lease
+        self.store_retry = store_retry
+        self.rng = random.Random(seed)
+        self._id_prefix = uuid.uuid4().hex[:16]
+        self._ids = itertools.count(1)
+        self._active: dict[str, _Execution[Any]] = {}
+        self._heartbeat: asyncio.Task[None] | None = None
+
+    # -- public API ------------------------------------------------------------------
+
+    async def run(
+        self,
+        saga: Saga[S],
+        input: S | Mapping[str, Any],
+        *,
+        saga_id: str | None = None,
+        deadline: float | None = None,
+    ) -> SagaResult[S]:
+        """Run one instance of ``saga`` to its end and return the result.
+
+        Args:
+            saga: The definition.
+            input: The initial state (a model instance, or data that validates into one).
+            saga_id: The instance id; generated if omitted. If an instance with this
+                id exists already it is not started again: its current result is
+                returned instead.
+            deadline: Seconds the forward path may take (overrides the saga's own).
+
+        Returns:
+            The result: COMPLETED, COMPENSATED or FAILED (parked), with the state and log.
+
+        Raises:
+            SchemaError: ``input`` does not validate against the saga's state model.
+            FencedError: Another worker took the saga over while it ran here.
+            StoreError: The store failed beyond ``store_retry``.
+            asyncio.CancelledError: The caller cancelled; compensations ran first.
+        """
+        state = _validate_input(saga, input)
+        saga_id = saga_id or f"{self._id_prefix}-{next(self._ids)}"
+        execution = _Execution(self, saga, saga_id, state)
+        execution.start()
+        try:
+            return await execution.run(saga.deadline if deadline is None else deadline)
+        except SagaAlreadyExistsError as exc:
+            if exc.saga_id != saga_id or execution.version:
+                raise
+            return await self.result(saga, saga_id)
+
+    def run_sync(
+        self,
+        saga: Saga[S],
+        input: S | Mapping[str, Any],
+        *,
+        saga_id: str | None = None,
+        deadline: float | None = None,
+    ) -> SagaResult[S]:
+        """Run a saga from synchronous code (no event loop running in this thread).
+
+        Same arguments and result as `run`.
+        """
+        return asyncio.run(self.run(saga, input, saga_id=saga_id, deadline=deadline))
+
+    async def result(self, saga: Saga[S], saga_id: str) -> SagaResult[S]:
+        """Return the current result of an instance, rebuilt from its log.
+
+        Raises:
+            SagaNotFoundError: No such instance.
+            DefinitionMismatchError: The instance belongs to another saga definition.
+        """
+        log = await self.store.load(saga_id)
+        check_definition(saga, log)
+        return result_from_log(saga, log)
+
+    async def close(self) -> None:
+        """Stop the lease heartbeat. Sagas still running keep running; idempotent."""
+        task, self._heartbeat = self._heartbeat, None
+        if task is not None and not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def __aenter__(self) -> Orchestrator:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    # -- internals used by executions ------------------------------------------------
+
+    async def _write(
+        self, saga_id: str, records: list[SagaRecord], version: int, token: int
+    ) -> int:
+        """Retry a store write whose first attempt failed as unavailable, per ``store_retry``."""
+        policy = self.store_retry
+        started = self.clock.monotonic()
+        attempt = 1
+        while True:
+            try:
+                return await self.store.append(
+                    saga_id, records, expected_version=version, fencing_token=token
+                )
+            except StoreUnavailableError as exc:
+                elapsed = self.clock.monotonic() - started
+                if not policy.should_retry(exc, attempt=attempt, elapsed=elapsed):
+                    raise
+                _log.warning("saga %s: store unavailable, retrying write", saga_id)
+                await self.clock.sleep(policy.delay(attempt, self.rng))
+                attempt += 1
+
+    def _activate(self, execution: _Execution[Any]) -> None:
+        self._active[execution.saga_id] = execution
+        if self._heartbeat is None or self._heartbeat.done():
+            self._heartbeat = asyncio.get_running_loop().create_task(
+                self._renew_leases(), name=f"sagaflow-heartbeat-{self.owner}"
+            )
+
+    async def _renew_leases(self) -> None:
+        """Renew the leases of running sagas every third of the lease, while any run."""
+        while self._active:
+            await self.clock.sleep(self.lease / 3)
+            executions = list(self._active.values())
+            claims = [e.claim for e in executions if e.claim is not None]
+            if not claims:
+                continue
+            try:
+                renewed = await self.store.renew(owner=self.owner, claims=claims, lease=self.lease)
+            except Exception:  # keep heartbeating; a failed renew is retried next tick
+                _log.warning("lease renewal failed; retrying", exc_info=True)
+                continue
+            kept = {claim.saga_id: claim for claim in renewed}
+            for execution in executions:
+                execution.claim = kept.get(execution.saga_id)
+
+
+def _validate_input(saga: Saga[S], input: S | Mapping[str, Any]) -> S:
+    if isinstance(input, saga.state_type):
+        return input
+    try:
+        return saga.state_type.model_validate(input)
+    except ValidationError as exc:
+        raise SchemaError(f"saga {saga.name!r}: invalid input: {exc}") from exc
+
+
+def check_definition(saga: Saga[Any], log: SagaLog) -> None:
+    """Refuse a log written by another saga name or definition version."""
+    if log.saga_name == saga.name and log.definition_version == saga.version:
+        return
+    found = f"{log.saga_name}@{log.definition_version}"
+    raise DefinitionMismatchError(
+        f"saga {log.saga_id!r} was written by definition {found}, not {saga.key}; "
+        f"run it with the {found} definition",
+        saga_id=log.saga_id,
+        expected=found,
+        actual=saga.key,
+    )
+
+
+def apply_result(state: S, result: StepResult) -> tuple[S, Any]:
+    """Apply a step's return value to ``state``; return the new state and what to log.
+
+    Raises:
+        SchemaError: The result is of the wrong type, names unknown fields, or the
+            updated state does not validate.
+    """
+    if result is None:
+        return state, None
+    model = type(state)
+    if isinstance(result, BaseModel):
+        if not isinstance(result, model):
+            raise SchemaError(f"step returned a {type(result).__name__}, expected {model.__name__}")
+        return result, result.model_dump(mode="json")
+    if not isinstance(result, Mapping):
+        raise SchemaError(
+            f"step returned {type(result).__name__}; return a mapping of state updates, "
+            f"a {model.__name__}, or None"
+        )
+    if not result:
+        return state, None
+    fields = model.__pydantic_fields__
+    for key in result:
+        if key not in fields:
+            raise SchemaError(f"step updated unknown state field {key!r} of {model.__name__}")
+    merged = state.__dict__.copy()  # field values only; cheaper than dict(state)
+    merged.update(result)
+    try:
+        new_state = model.model_validate(merged)
+    except ValidationError as exc:
+        raise SchemaError(f"state is invalid after the step's updates: {exc}") from exc
+    # Log the validated values in JSON form, exactly as every store will return them.
+    return new_state, new_state.model_dump(mode="json", include=set(result))
+
+
+def replay_state(saga: Saga[S], records: Sequence[SagaRecord]) -> S:
+    """Rebuild a saga's state from its initial state and every logged update."""
+    initial = records[0].data or {}
+    state = saga.state_type.model_validate(initial.get("state", {}))
+    for record in records:
+        if record.kind in (RecordKind.STEP_COMPLETED, RecordKind.COMPENSATION_COMPLETED):
+            updates = (record.data or {}).get("updates")
+            if isinstance(updates, BaseModel):
+                state = saga.state_type.model_validate(updates)
+            elif updates:
+                merged = dict(state)
+                merged.update(updates)
+                state = saga.state_type.model_validate(merged)
+    return state
+
+
+def result_from_log(saga: Saga[S], log: SagaLog) -> SagaResult[S]:
+    """Build a `SagaResult` from a stored log."""
+    error: Mapping[str, str] | None = None
+    for record in log.records:
+        if record.kind in (RecordKind.SAGA_COMPENSATING, RecordKind.SAGA_FAILED) and record.data:
+            error = record.data.get("error")
+    return SagaResult(
+        saga_id=log.saga_id,
+        saga_name=log.saga_name,
+        status=log.status,
+        state=replay_state(saga, log.records),
+        records=log.records,
+        error=error,
+    )
+
+
+class _StepOutcome:
+    """How one step's run ended (internal)."""
+
+    __slots__ = ("error", "uncertain")
+
+    def __init__(self, error: BaseException | None, uncertain: bool) -> None:
+        self.error = error
+        self.uncertain = uncertain
+
+
+_OK = _StepOutcome(None, False)
+
+
+class _Execution(Generic[S]):
+    """One saga instance being driven forward or backward by an orchestrator."""
+
+    def __init__(self, orch: Orchestrator, saga: Saga[S], saga_id: str, state: S) -> None:
+        self.orch = orch
+        self.store = orch.store
+        self.now = orch.clock.now
+        self.saga = saga
+        self.saga_id = saga_id
+        self.state = state
+        self.claim: Claim | None = None
+        self.version = 0
+        self.log: list[SagaRecord] = []
+        self.pending: list[SagaRecord] = []
+        self.lock: asyncio.Lock | None = None
+        self.stage = 0
+        self.undo: dict[str, None] = {}  # compensatable steps to undo, in completion order
+        self.done: set[str] = set()  # steps whose action completed
+        self.compensated: set[str] = set()
+        self.attempts: dict[str, int] = {}
+        self.past_pivot = False
+        self.error: dict[str, str] | None = None
+
+    # -- log writing -----------------------------------------------------------------
+
+    def record(
+        self,
+        kind: RecordKind,
+        step: str | None = None,
+        attempt: int = 0,
+        data: Mapping[str, Any] | None = None,
+    ) -> None:
+        record = SagaRecord(kind, step, attempt, self.now(), data)
+        self.pending.append(record)
+        self.log.append(record)
+
+    async def flush(self) -> None:
+        """Make every pending record durable (in one store write)."""
+        if self.lock is None:
+            await self._write()
+            return
+        async with self.lock:
+            await self._write()
+
+    async def _write(self) -> None:
+        if not self.pending:
+            return
+        if self.claim is None:
+            await self._create()
+            return
+        records, self.pending = self.pending, []
+        token = self.claim.fencing_token
+        try:
+            self.version = await self.store.append(
+                self.saga_id, records, expected_version=self.version, fencing_token=token
+            )
+        except StoreUnavailableError:
+            # Rare path: hand the write to the retrying loop.
+            self.version = await self.orch._write(self.saga_id, records, self.version, token)
+
+    def start(self) -> None:
+        """Record the saga's start; it is created in the store with the first step's start."""
+        self.record(
+            RecordKind.SAGA_STARTED,
+            data={
+                "saga": self.saga.name,
+                "version": self.saga.version,
+                "state": self.state.model_dump(mode="json"),
+            },
+        )
+
+    async def _create(self) -> None:
+        if self.version:  # created before, then the lease was lost
+            raise FencedError(self.saga_id, fencing_token=-1, current_token=-1)
+        records, self.pending = self.pending, []
+        self.claim = await self.store.create(
+            self.saga_id, records, owner=self.orch.owner, lease=self.orch.lease
+        )
+        self.version = len(records)
+        hooks = self.orch.hooks
+        if hooks.saga_started:
+            fire(hooks.saga_started, self.saga_id, self.saga.name)
+
+    # -- the run ---------------------------------------------------------------------
+
+    async def run(self, deadline: float | None) -> SagaResult[S]:
+        orch = self.orch
+        orch._activate(self)
+        hooks = orch.hooks
+        try:
+            try:
+                failure = await self.forward(deadline)
+            except asyncio.CancelledError:
+                cancelled = SagaCancelledError("the saga was cancelled", saga_id=self.saga_id)
+                await _shielded(self.turn_back(cancelled, None))
+                raise
+            if failure is None:
+                self.record(RecordKind.SAGA_COMPLETED)
+                await self.flush()
+                status = SagaStatus.COMPLETED
+            else:
+                status = await _shielded(self.turn_back(*failure))
+        finally:
+            orch._active.pop(self.saga_id, None)
+        result = SagaResult(
+            saga_id=self.saga_id,
+            saga_name=self.saga.name,
+            status=status,
+            state=self.state,
+            records=tuple(self.log),
+            error=self.error,
+        )
+        if hooks.saga_finished:
+            fire(hooks.saga_finished, result)
+        return result
+
+    async def forward(self, deadline: float | None) -> tuple[BaseException, str | None] | None:
+        """Run the remaining stages; return (error, failed step) or None if all completed."""
+        if deadline is None:
+            return await self._stages()
+        try:
+            async with self.orch.clock.timeout(deadline):
+                return await self._stages()
+        except TimeoutError:
+            error = SagaDeadlineExceededError(
+                f"the saga did not finish within its deadline of {deadline} s",
+                saga_id=self.saga_id,
+            )
+            return error, None
+
+    async def _stages(self) -> tuple[BaseException, str | None] | None:
+        stages = self.saga.stages
+        while self.stage < len(stages):
+            stage = stages[self.stage]
+            if len(stage) == 1:
+                step = stage[0]
+                outcome = await self.run_step(step, self.saga.plan(step.name))
+                if outcome.error is not None:
+                    return outcome.error, step.name
+            else:
+                failure = await self.run_parallel(stage)
+                if failure is not None:
+                    return failure
+            self.stage += 1
+        return None
+
+    async def run_parallel(self, stage: tuple[Step, ...]) -> tuple[BaseException, str] | None:
+        """Run branches concurrently; on the first failure cancel the rest."""
+        if self.lock is None:
+            self.lock = asyncio.Lock()
+        snapshot = self.state
+        tasks = {
+            asyncio.ensure_future(self.run_step(step, self.saga.plan(step.name), snapshot)): step
+            for step in stage
+            if step.name not in self.done
+        }
+        failure: tuple[BaseException, str] | None = None
+        try:
+            pending = set(tasks)
+            while pending and failure is None:
+                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                for task in done:
+                    outcome = task.result()
+                    if outcome.error is not None and failure is None:
+                        failure = (outcome.error, tasks[task].name)
+        finally:
+            # Reached on failure and on cancellation of the saga: stop the other branches
+            # and wait for them, so each records whether its outcome is known.
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+        return failure
+
+    async def run_step(self, step: Step, plan: _Plan, snapshot: S | None = None) -> _StepOutcome:
+        """Run a step's action under its retry policy; return its outcome."""
+        orch = self.orch
+        hooks = orch.hooks
+        clock = orch.clock
+        policy = plan.retry
+        name = step.name
+        attempt = self.attempts.get(name, 0) + 1
+        uncertain = False
+        first_start = clock.monotonic()
+        while True:
+            self.attempts[name] = attempt
+            self.record(_STARTED, name, attempt)
+            await self.flush()
+            if hooks.step_started:
+                fire(hooks.step_started, self.saga_id, name, attempt)
+            context = StepContext(
+                self.saga_id,
+                self.saga.name,
+                name,
+                attempt,
+                snapshot if snapshot is not None else self.state,
+            )
+            try:
+                if step.timeout is None:
+                    result = await _call(step.action, step.action_is_async, context)
+                else:
+                    try:
+                        async with clock.timeout(step.timeout):
+                            result = await _call(step.action, step.action_is_async, context)
+                    except TimeoutError:
+                        raise StepTimeoutError(
+                            f"step {name!r} attempt {attempt} exceeded {step.timeout} s",
+                            saga_id=self.saga_id,
+                            step=name,
+                            attempt=attempt,
+                        ) from None
+                self.state, updates = apply_result(self.state, result)
+            except asyncio.CancelledError:
+                # Cancelled mid-flight: the effect may have happened, so undo it later.
+                self.record(
+                    _FAILED, name, attempt, {"error": _CANCELLED, "uncertain": True, "final": True}
+                )
+                self._finish_step(step, completed=False, uncertain=True)
+                raise
+            except Exception as exc:
+                uncertain = uncertain or isinstance(exc, StepTimeoutError | SchemaError)
+                elapsed = clock.monotonic() - first_start
+                retry = not isinstance(exc, SchemaError) and policy.should_retry(
+                    exc, attempt=attempt, elapsed=elapsed
+                )
+                self.record(
+                    _FAILED,
+                    name,
+                    attempt,
+                    {"error": error_info(exc), "uncertain": uncertain, "final": not retry},
+                )
+                if hooks.step_failed:
+                    fire(hooks.step_failed, self.saga_id, name, attempt, exc, retry)
+                if not retry:
+                    self._finish_step(step, completed=False, uncertain=uncertain)
+                    return _StepOutcome(exc, uncertain)
+                await clock.sleep(policy.delay(attempt, orch.rng))
+                attempt += 1
+                continue
+            self.record(_COMPLETED, name, attempt, {"updates": updates} if updates else None)
+            self._finish_step(step, completed=True, uncertain=False)
+            if hooks.step_succeeded:
+                fire(hooks.step_succeeded, self.saga_id, name, attempt)
+            return _OK
+
+    def _finish_step(self, step: Step, *, completed: bool, uncertain: bool) -> None:
+        """Note a finished step: it must be undone if it completed or may have.
+
+        A pivot whose outcome is unknown does not count as passed: the saga turns
+        back, which is why a pivot should be idempotent and generously retried.
+        """
+        if completed:
+            self.done.add(step.name)
+            if step.kind is StepKind.PIVOT:
+                self.past_pivot = True
+        if (completed or uncertain) and step.kind is StepKind.COMPENSATABLE:
+            self.undo.setdefault(step.name, None)
+
+    # -- turning back ----------------------------------------------------------------
+
+    async def turn_back(self, error: BaseException, step: str | None) -> SagaStatus:
+        """Compensate everything done (or park the saga past the pivot)."""
+        self.error = {**error_info(error), "step": step or ""}
+        if self.past_pivot:
+            return await self.park(self.error)
+        self.record(RecordKind.SAGA_COMPENSATING, data={"error": self.error})
+        for name in reversed(list(self.undo)):
+            if name in self.compensated:
+                continue
+            failure = await self.compensate(self.saga.plan(name))
+            if failure is not None:
+                return await self.park({**error_info(failure), "step": name})
+        self.record(RecordKind.SAGA_COMPENSATED)
+        await self.flush()
+        return SagaStatus.COMPENSATED
+
+    async def park(self, error: dict[str, str]) -> SagaStatus:
+        self.error = error
+        self.record(RecordKind.SAGA_FAILED, data={"error": error})
+        await self.flush()
+        return SagaStatus.FAILED
+
+    async def compensate(self, plan: _Plan) -> BaseException | None:
+        """Run one compensation under its retry policy; return the final error, if any."""
+        step = plan.step
+        assert step.compensate is not None  # guaranteed by Step for compensatable steps
+        orch = self.orch
+        hooks = orch.hooks
+        clock = orch.clock
+        policy = plan.compensation_retry
+        key = f"{step.name}:compensate"
+        attempt = self.attempts.get(key, 0) + 1
+        first_start = clock.monotonic()
+        while True:
+            self.attempts[key] = attempt
+            self.record(RecordKind.COMPENSATION_STARTED, step.name, attempt)
+            await self.flush()
+            if hooks.compensation_started:
+                fire(hooks.compensation_started, self.saga_id, step.name, attempt)
+            context = StepContext(
+                self.saga_id, self.saga.name, step.name, attempt, self.state, compensating=True
+            )
+            try:
+                async with clock.timeout(step.compensation_timeout):
+                    result = await _call(step.compensate, step.compensate_is_async, context)
+                self.state, updates = apply_result(self.state, result)
+            except Exception as exc:
+                elapsed = clock.monotonic() - first_start
+                retry = policy.should_retry(exc, attempt=attempt, elapsed=elapsed)
+                self.record(
+                    RecordKind.COMPENSATION_FAILED,
+                    step.name,
+                    attempt,
+                    {"error": error_info(exc), "final": not retry},
+                )
+                if hooks.compensation_failed:
+                    fire(hooks.compensation_failed, self.saga_id, step.name, attempt, exc, retry)
+                if not retry:
+                    return exc
+                await clock.sleep(policy.delay(attempt, orch.rng))
+                attempt += 1
+                continue
+            self.record(
+                RecordKind.COMPENSATION_COMPLETED,
+                step.name,
+                attempt,
+                {"updates": updates} if updates else None,
+            )
+            self.compensated.add(step.name)
+            if hooks.step_compensated:
+                fire(hooks.step_compensated, self.saga_id, step.name, attempt)
+            return None
+
+
+_CANCELLED = {"type": "CancelledError", "message": "the attempt was cancelled"}
+
+
+async def _call(fn: Any, is_async: bool, context: StepContext[Any]) -> StepResult:
+    if is_async:
+        result: StepResult = await fn(context)
+        return result
+    return await asyncio.to_thread(fn, context)
+
+
+async def _shielded(coro: Any) -> Any:
+    """Run ``coro`` to completion even if the calling task is cancelled meanwhile.
+
+    Compensations must finish: a second cancellation while they run is absorbed
+    and re-raised once they are done.
+    """
+    task = asyncio.ensure_future(coro)
+    cancelled = False
+    while True:
+        try:
+            result = await asyncio.shield(task)
+            break
+        except asyncio.CancelledError:
+            if task.done():
+                raise
+            cancelled = True
+    if cancelled:
+        raise asyncio.CancelledError
+    return result

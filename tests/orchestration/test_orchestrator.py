@@ -1,0 +1,494 @@
+import asyncio
+import threading
+
+import pytest
+from pydantic import BaseModel
+
+from sagaflow import (
+    MemorySagaStore,
+    Orchestrator,
+    Parallel,
+    RecordKind,
+    RetryPolicy,
+    Saga,
+    SagaHooks,
+    SagaStatus,
+    Step,
+    StepKind,
+)
+from sagaflow.errors import FencedError, NonRetryableError, SchemaError
+from sagaflow.testing.clock import FakeClock
+
+FAST = RetryPolicy(max_attempts=3, initial_delay=0, jitter=False)
+
+
+class Order(BaseModel):
+    order_id: str
+    reserved: bool = False
+    charged: bool = False
+    shipped: bool = False
+    notes: list[str] = []
+
+
+class Services:
+    """Fake services that log every call and can fail on demand."""
+
+    def __init__(self):
+        self.calls: list[str] = []
+        self.fail: dict[str, int] = {}  # step -> number of attempts that fail
+        self.keys: list[str] = []
+
+    def action(self, name, updates=None):
+        async def run(ctx):
+            self.calls.append(name)
+            self.keys.append(ctx.idempotency_key)
+            remaining = self.fail.get(name, 0)
+            if remaining:
+                self.fail[name] = remaining - 1
+                raise RuntimeError(f"{name} failed")
+            return updates
+
+        run.__name__ = name
+        return run
+
+
+def order_saga(svc, **kw):
+    return Saga(
+        "order",
+        state=Order,
+        retry=FAST,
+        compensation_retry=FAST,
+        steps=[
+            Step(
+                "reserve",
+                svc.action("reserve", {"reserved": True}),
+                compensate=svc.action("release", {"reserved": False}),
+            ),
+            Step(
+                "charge",
+                svc.action("charge", {"charged": True}),
+                compensate=svc.action("refund", {"charged": False}),
+            ),
+            Step("ship", svc.action("ship", {"shipped": True}), kind=StepKind.PIVOT),
+            Step("notify", svc.action("notify"), kind=StepKind.RETRIABLE, retry=FAST),
+        ],
+        **kw,
+    )
+
+
+async def test_happy_path_completes_with_state_and_log():
+    svc = Services()
+    result = await Orchestrator().run(order_saga(svc), {"order_id": "o1"}, saga_id="s1")
+    assert result.status is SagaStatus.COMPLETED and result.succeeded
+    assert result.state == Order(order_id="o1", reserved=True, charged=True, shipped=True)
+    assert svc.calls == ["reserve", "charge", "ship", "notify"]
+    assert result.completed_steps() == ["reserve", "charge", "ship", "notify"]
+    kinds = [r.kind for r in result.records]
+    assert kinds[0] is RecordKind.SAGA_STARTED and kinds[-1] is RecordKind.SAGA_COMPLETED
+    assert result.error is None
+    assert svc.keys == ["s1:reserve", "s1:charge", "s1:ship", "s1:notify"]
+
+
+async def test_failure_compensates_in_reverse_and_reports_error():
+    svc = Services()
+    svc.fail["ship"] = 99
+    result = await Orchestrator().run(order_saga(svc), {"order_id": "o1"})
+    assert result.status is SagaStatus.COMPENSATED
+    assert svc.calls == ["reserve", "charge", "ship", "ship", "ship", "refund", "release"]
+    assert result.compensated_steps() == ["charge", "reserve"]
+    assert result.state.reserved is False and result.state.charged is False
+    assert result.error == {"type": "RuntimeError", "message": "ship failed", "step": "ship"}
+    failed = [r for r in result.records if r.kind is RecordKind.STEP_FAILED]
+    assert [r.attempt for r in failed] == [1, 2, 3]
+    assert failed[-1].data["final"] is True and failed[0].data["final"] is False
+
+
+async def test_retries_recover_transient_failures():
+    svc = Services()
+    svc.fail["charge"] = 2
+    result = await Orchestrator().run(order_saga(svc), {"order_id": "o1"})
+    assert result.status is SagaStatus.COMPLETED
+    assert svc.calls.count("charge") == 3
+
+
+async def test_non_retryable_error_fails_at_once():
+    calls = []
+
+    async def charge(ctx):
+        calls.append(ctx.attempt)
+        raise NonRetryableError("card declined")
+
+    async def noop(ctx):
+        return None
+
+    saga = Saga("s", state=Order, steps=[Step("charge", charge, compensate=noop, retry=FAST)])
+    result = await Orchestrator().run(saga, {"order_id": "x"})
+    assert calls == [1]
+    assert result.status is SagaStatus.COMPENSATED
+    assert result.compensated_steps() == []  # the failed step itself had no effect
+
+
+async def test_compensation_failure_parks_the_saga_as_failed():
+    svc = Services()
+    svc.fail["ship"] = 99
+    svc.fail["refund"] = 99
+    result = await Orchestrator().run(order_saga(svc), {"order_id": "o1"})
+    assert result.status is SagaStatus.FAILED
+    assert result.error["step"] == "charge"
+    assert "release" not in svc.calls  # parked before going further back
+    assert result.records[-1].kind is RecordKind.SAGA_FAILED
+
+
+async def test_failure_after_the_pivot_parks_without_compensating():
+    svc = Services()
+    svc.fail["notify"] = 99
+    result = await Orchestrator().run(order_saga(svc), {"order_id": "o1"})
+    assert result.status is SagaStatus.FAILED
+    assert result.compensated_steps() == []
+    assert result.error["step"] == "notify"
+
+
+async def test_step_timeout_counts_as_uncertain_and_is_compensated():
+    clock = FakeClock(auto_advance=True)
+    undone = []
+
+    async def slow(ctx):
+        await clock.sleep(60)
+
+    async def undo(ctx):
+        undone.append(ctx.step)
+
+    async def fail(ctx):
+        raise RuntimeError("boom")
+
+    saga = Saga(
+        "s",
+        state=Order,
+        steps=[
+            Step("slow", slow, compensate=undo, timeout=1, retry=RetryPolicy.no_retry()),
+        ],
+    )
+    result = await Orchestrator(clock=clock).run(saga, {"order_id": "x"})
+    assert result.status is SagaStatus.COMPENSATED
+    assert result.error["type"] == "StepTimeoutError"
+    assert undone == ["slow"]
+    failed = next(r for r in result.records if r.kind is RecordKind.STEP_FAILED)
+    assert failed.data["uncertain"] is True
+    del fail
+
+
+async def test_saga_deadline_turns_back():
+    clock = FakeClock(auto_advance=True)
+    undone = []
+
+    async def quick(ctx):
+        return None
+
+    async def undo(ctx):
+        undone.append(ctx.step)
+
+    async def hang(ctx):
+        await clock.sleep(10_000)
+
+    saga = Saga(
+        "s",
+        state=Order,
+        deadline=30,
+        steps=[Step("a", quick, compensate=undo), Step("b", hang, compensate=undo)],
+    )
+    result = await Orchestrator(clock=clock).run(saga, {"order_id": "x"})
+    assert result.status is SagaStatus.COMPENSATED
+    assert result.error["type"] == "SagaDeadlineExceededError"
+    assert undone == ["b", "a"]  # b's outcome is unknown, so it is undone too
+    assert clock.monotonic() == pytest.approx(30)
+
+
+async def test_cancellation_runs_compensations_shielded():
+    started = asyncio.Event()
+    undone = []
+
+    async def quick(ctx):
+        return None
+
+    async def undo(ctx):
+        await asyncio.sleep(0.01)  # compensations keep running despite the cancel
+        undone.append(ctx.step)
+
+    async def hang(ctx):
+        started.set()
+        await asyncio.sleep(3600)
+
+    store = MemorySagaStore()
+    saga = Saga(
+        "s",
+        state=Order,
+        steps=[Step("a", quick, compensate=undo), Step("b", hang, compensate=undo)],
+    )
+    task = asyncio.ensure_future(Orchestrator(store).run(saga, {"order_id": "x"}, saga_id="c1"))
+    await started.wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert undone == ["b", "a"]
+    log = await store.load("c1")
+    assert log.status is SagaStatus.COMPENSATED
+    compensating = next(r for r in log.records if r.kind is RecordKind.SAGA_COMPENSATING)
+    assert compensating.data["error"]["type"] == "SagaCancelledError"
+
+
+async def test_parallel_failure_cancels_siblings_and_compensates_done_and_unknown():
+    gate = asyncio.Event()
+    undone = []
+
+    async def ok(ctx):
+        return {"notes": [*ctx.state.notes, ctx.step]}
+
+    async def hang(ctx):
+        gate.set()
+        await asyncio.sleep(3600)
+
+    async def fail(ctx):
+        await gate.wait()
+        raise RuntimeError("no")
+
+    async def undo(ctx):
+        undone.append(ctx.step)
+
+    saga = Saga(
+        "p",
+        state=Order,
+        retry=RetryPolicy.no_retry(),
+        steps=[
+            Step("first", ok, compensate=undo),
+            Parallel(
+                "group",
+                Step("b_ok", ok, compensate=undo),
+                Step("b_hang", hang, compensate=undo),
+                Step("b_fail", fail, compensate=undo),
+            ),
+            Step("never", ok, compensate=undo),
+        ],
+    )
+    result = await Orchestrator().run(saga, {"order_id": "x"})
+    assert result.status is SagaStatus.COMPENSATED
+    assert result.error["step"] == "b_fail"
+    assert "b_fail" not in undone  # failed cleanly: nothing to undo
+    assert set(undone) == {"first", "b_ok", "b_hang"}
+    assert undone[-1] == "first"
+    assert "never" not in result.completed_steps()
+
+
+async def test_parallel_branches_run_concurrently_and_merge_updates():
+    running = 0
+    peak = 0
+
+    def branch(field):
+        async def run(ctx):
+            nonlocal running, peak
+            running += 1
+            peak = max(peak, running)
+            await asyncio.sleep(0.01)
+            running -= 1
+            return {field: True}
+
+        return run
+
+    async def undo(ctx):
+        return None
+
+    saga = Saga(
+        "p",
+        state=Order,
+        steps=[
+            Parallel(
+                "g",
+                Step("r", branch("reserved"), compensate=undo),
+                Step("c", branch("charged"), compensate=undo),
+            )
+        ],
+    )
+    result = await Orchestrator().run(saga, {"order_id": "x"})
+    assert result.status is SagaStatus.COMPLETED
+    assert peak == 2
+    assert result.state.reserved and result.state.charged
+
+
+async def test_sync_actions_run_off_the_event_loop():
+    loop_thread = threading.get_ident()
+    seen = []
+
+    def blocking(ctx):
+        seen.append(threading.get_ident())
+        return {"reserved": True}
+
+    def undo(ctx):
+        return None
+
+    saga = Saga("s", state=Order, steps=[Step("a", blocking, compensate=undo)])
+    result = await Orchestrator().run(saga, {"order_id": "x"})
+    assert result.state.reserved
+    assert seen and seen[0] != loop_thread
+
+
+def test_run_sync_without_a_loop():
+    svc = Services()
+    result = Orchestrator().run_sync(order_saga(svc), {"order_id": "o1"})
+    assert result.status is SagaStatus.COMPLETED
+
+
+async def test_invalid_input_and_invalid_updates():
+    svc = Services()
+    with pytest.raises(SchemaError, match="invalid input"):
+        await Orchestrator().run(order_saga(svc), {"order": 1})
+
+    async def bad(ctx):
+        return {"reserved": "not a bool at all"}
+
+    async def unknown_field(ctx):
+        return {"nope": 1}
+
+    async def undo(ctx):
+        return None
+
+    for action in (bad, unknown_field):
+        saga = Saga("s", state=Order, steps=[Step("a", action, compensate=undo)])
+        result = await Orchestrator().run(saga, {"order_id": "x"})
+        assert result.status is SagaStatus.COMPENSATED
+        assert result.error["type"] == "SchemaError"
+        # a step whose returned data is bad did run: its effect is undone
+        assert result.compensated_steps() == ["a"]
+
+
+async def test_whole_state_can_be_returned():
+    async def replace(ctx):
+        return ctx.state.model_copy(update={"shipped": True})
+
+    async def undo(ctx):
+        return None
+
+    saga = Saga("s", state=Order, steps=[Step("a", replace, compensate=undo)])
+    result = await Orchestrator().run(saga, {"order_id": "x"})
+    assert result.state.shipped
+
+
+async def test_same_saga_id_is_not_started_twice():
+    svc = Services()
+    orch = Orchestrator()
+    first = await orch.run(order_saga(svc), {"order_id": "o1"}, saga_id="dup")
+    second = await orch.run(order_saga(svc), {"order_id": "other"}, saga_id="dup")
+    assert svc.calls.count("reserve") == 1
+    assert second.status is first.status and second.state == first.state
+    assert second.records == first.records
+
+
+async def test_hooks_see_the_lifecycle_and_cannot_break_it():
+    events = []
+
+    class Recorder(SagaHooks):
+        def saga_started(self, saga_id, saga_name):
+            events.append(("saga_started", saga_name))
+
+        def step_started(self, saga_id, step, attempt):
+            events.append(("started", step, attempt))
+
+        def step_failed(self, saga_id, step, attempt, error, will_retry):
+            events.append(("failed", step, attempt, will_retry))
+
+        def step_compensated(self, saga_id, step, attempt):
+            events.append(("compensated", step))
+
+        def saga_finished(self, result):
+            events.append(("finished", result.status))
+
+    class Broken(SagaHooks):
+        def step_started(self, saga_id, step, attempt):
+            raise RuntimeError("hook bug")
+
+    svc = Services()
+    svc.fail["charge"] = 99
+    result = await Orchestrator(hooks=[Broken(), Recorder()]).run(
+        order_saga(svc), {"order_id": "o"}
+    )
+    assert result.status is SagaStatus.COMPENSATED
+    assert events[0] == ("saga_started", "order")
+    assert ("failed", "charge", 3, False) in events
+    assert ("compensated", "reserve") in events
+    assert events[-1] == ("finished", SagaStatus.COMPENSATED)
+
+
+async def test_backoff_waits_on_the_injected_clock():
+    clock = FakeClock(auto_advance=True)
+    svc = Services()
+    svc.fail["reserve"] = 2
+    saga = Saga(
+        "s",
+        state=Order,
+        steps=[
+            Step(
+                "reserve",
+                svc.action("reserve"),
+                compensate=svc.action("release"),
+                retry=RetryPolicy(
+                    max_attempts=3, initial_delay=100, backoff=2, max_delay=1000, jitter=False
+                ),
+            )
+        ],
+    )
+    result = await Orchestrator(clock=clock).run(saga, {"order_id": "x"})
+    assert result.status is SagaStatus.COMPLETED
+    assert clock.monotonic() == pytest.approx(300)
+
+
+async def test_store_writes_are_batched_and_written_before_effects():
+    writes = []
+
+    class Spy(MemorySagaStore):
+        async def create(self, saga_id, records, **kw):
+            writes.append([r.kind for r in records])
+            return await super().create(saga_id, records, **kw)
+
+        async def append(self, saga_id, records, **kw):
+            writes.append([r.kind for r in records])
+            return await super().append(saga_id, records, **kw)
+
+    store = Spy()
+
+    async def checked(ctx):
+        log = await store.load(ctx.saga_id)
+        assert log.records[-1].kind is RecordKind.STEP_STARTED and log.records[-1].step == ctx.step
+        return
+
+    async def undo(ctx):
+        return None
+
+    saga = Saga("s", state=Order, steps=[Step(n, checked, compensate=undo) for n in "abcd"])
+    result = await Orchestrator(store).run(saga, {"order_id": "x"})
+    assert result.status is SagaStatus.COMPLETED
+    assert len(writes) == 5  # one write per step boundary
+    assert writes[0] == [RecordKind.SAGA_STARTED, RecordKind.STEP_STARTED]
+    assert writes[1] == [RecordKind.STEP_COMPLETED, RecordKind.STEP_STARTED]
+    assert writes[-1] == [RecordKind.STEP_COMPLETED, RecordKind.SAGA_COMPLETED]
+
+
+async def test_a_fenced_writer_stops():
+    store = MemorySagaStore()
+    gate = asyncio.Event()
+
+    async def first(ctx):
+        await store.acquire(ctx.saga_id, owner="thief", lease=60)  # another worker takes over
+        return
+
+    async def second(ctx):
+        gate.set()
+
+    async def undo(ctx):
+        return None
+
+    saga = Saga(
+        "s",
+        state=Order,
+        steps=[Step("a", first, compensate=undo), Step("b", second, compensate=undo)],
+    )
+    with pytest.raises(FencedError):
+        await Orchestrator(store, owner="me", lease=0.0).run(saga, {"order_id": "x"}, saga_id="f")
+    assert not gate.is_set()  # the step after the lost lease never ran
