@@ -91,9 +91,12 @@ def status_change(records: Sequence[SagaRecord]) -> SagaStatus | None:
 
 
 def saga_name_of(records: Sequence[SagaRecord]) -> str:
-    """Return the definition name recorded in the first (``SAGA_STARTED``) record."""
-    first = records[0].data or {}
-    return str(first.get("saga", ""))
+    """Return the definition name recorded in the first (``SAGA_STARTED``) record.
+
+    Anything but a string there (no name recorded) gives ``""``.
+    """
+    name = (records[0].data or {}).get("saga", "")
+    return name if isinstance(name, str) else ""
 
 
 def check_create_records(records: Sequence[SagaRecord]) -> None:

@@ -28,7 +28,7 @@ from sagaflow.orchestration.records import (
     SagaSummary,
     status_after,
 )
-from sagaflow.stores._common import check_create_records, normalize_data
+from sagaflow.stores._common import check_create_records, normalize_data, saga_name_of
 
 __all__ = ["MemorySagaStore"]
 
@@ -72,7 +72,6 @@ class MemorySagaStore:
             raise SagaAlreadyExistsError(saga_id)
         self._seq += 1
         expires = self._clock.now() + lease
-        first = records[0].data or {}
         self._sagas[saga_id] = _Entry(
             records=list(records),
             status=status_after(None, records),
@@ -80,7 +79,7 @@ class MemorySagaStore:
             owner=owner,
             lease_expires=expires,
             updated_at=records[-1].at,
-            saga_name=str(first.get("saga", "")),
+            saga_name=saga_name_of(records),
             touched=self._seq,
         )
         return Claim(saga_id, 1, expires)

@@ -1,0 +1,31 @@
+"""Every saga store passes the one contract suite: memory, SQLite, and PostgreSQL."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from sagaflow.clock import Clock
+from sagaflow.orchestration.store import SagaStore
+from sagaflow.stores import MemorySagaStore, SQLiteSagaStore
+from sagaflow.testing.store_contract import SagaStoreContract
+
+
+class TestMemoryStore(SagaStoreContract):
+    async def make_store(self, clock: Clock) -> SagaStore:
+        return MemorySagaStore(clock=clock)
+
+
+class TestSQLiteStore(SagaStoreContract):
+    stateful_examples = 15
+
+    @pytest.fixture(autouse=True)
+    def _directory(self, tmp_path: Path) -> None:
+        self.directory = tmp_path
+        self.count = 0
+
+    async def make_store(self, clock: Clock) -> SagaStore:
+        # The stateful test makes one store per example: give each its own file.
+        self.count += 1
+        return SQLiteSagaStore(self.directory / f"sagas{self.count}.db", clock=clock)
