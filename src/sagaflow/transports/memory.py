@@ -66,11 +66,13 @@ class _Entry:
 class _Group:
     """A consumer group on one topic: its ready queue and its idle consumers."""
 
-    __slots__ = ("consumers", "name", "ready", "topic", "waiters")
+    __slots__ = ("consumers", "held", "name", "ready", "topic", "waiters")
 
     def __init__(self, topic: str, name: str) -> None:
         self.topic = topic
         self.name = name
+        # Messages delivered and not settled yet, or waiting out a nack delay.
+        self.held = 0
         self.ready: deque[_Entry] = deque()
         self.waiters: deque[asyncio.Future[None]] = deque()
         self.consumers = 0
@@ -116,6 +118,7 @@ class MemoryDelivery:
         self._consumer.transport._check_open()
         self.settled = True
         self._consumer.unsettled.discard(self)
+        self._consumer.group.held -= 1
         return True
 
     async def ack(self) -> None:
@@ -165,6 +168,7 @@ class _Subscription:
             if group.ready:
                 entry = group.ready.popleft()
                 entry.deliveries += 1
+                group.held += 1
                 delivery = MemoryDelivery(self, entry)
                 self.unsettled.add(delivery)
                 return delivery
@@ -193,6 +197,7 @@ class _Subscription:
         # Oldest delivery first in the queue again, to keep the group's order.
         for delivery in sorted(pending, key=_arrival, reverse=True):
             delivery.settled = True
+            self.group.held -= 1
             self.group.push(delivery._entry, front=True)
 
 
@@ -299,12 +304,16 @@ class MemoryTransport:
         if delay <= 0:
             group.push(entry)
             return
+        group.held += 1
         task = asyncio.get_running_loop().create_task(self._later(group, entry, delay))
         self._timers.add(task)
         task.add_done_callback(self._timers.discard)
 
     async def _later(self, group: _Group, entry: _Entry, delay: float) -> None:
-        await self._clock.sleep(delay)
+        try:
+            await self._clock.sleep(delay)
+        finally:
+            group.held -= 1
         if not self._closed:
             group.push(entry)
 
@@ -323,6 +332,12 @@ class MemoryTransport:
         groups = self._topics.get(topic)
         found = groups.get(group) if groups else None
         return len(found.ready) if found else 0
+
+    def in_flight(self, topic: str, *, group: str) -> int:
+        """Return the messages of ``group`` not settled yet: queued, delivered or delayed."""
+        groups = self._topics.get(topic)
+        found = groups.get(group) if groups else None
+        return len(found.ready) + found.held if found else 0
 
     async def close(self) -> None:
         """End every subscription and cancel pending redelivery timers; idempotent."""

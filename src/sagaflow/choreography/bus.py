@@ -1,0 +1,634 @@
+"""`EventBus`: publish typed events and handle them reliably, with no coordinator.
+
+Each event type travels on its own topic (its wire name, optionally prefixed or
+mapped with ``topic_for``). A subscription consumes, for its consumer group, the
+topics of every registered class that is its event class or derives from it.
+Delivery is at-least-once; the handler pipeline (see
+`sagaflow.choreography.subscription`) turns it into "handled once per group, or
+dead-lettered with the reason".
+
+Example:
+    >>> import asyncio
+    >>> from sagaflow.events import Event, EventRegistry
+    >>> registry = EventRegistry()
+    >>> class Pinged(Event, type="doc.pinged.v1", registry=registry):
+    ...     n: int
+    >>> async def main() -> list[int]:
+    ...     seen: list[int] = []
+    ...     async with EventBus(registry=registry) as bus:
+    ...         @bus.handler(Pinged, group="doc")
+    ...         async def on_ping(event: Pinged) -> None:
+    ...             seen.append(event.n)
+    ...         await bus.publish(Pinged(n=1))
+    ...         await bus.join()
+    ...     return seen
+    >>> asyncio.run(main())
+    [1]
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import re
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from types import TracebackType
+from typing import TypeVar
+
+from sagaflow.choreography.consumer import Consumer
+from sagaflow.choreography.context import CURRENT
+from sagaflow.choreography.dead_letters import (
+    DeadLetter,
+    DeadLetterStore,
+    MemoryDeadLetterStore,
+)
+from sagaflow.choreography.inbox import Inbox, MemoryInbox
+from sagaflow.choreography.middleware import Middleware, chain_publish
+from sagaflow.choreography.subscription import BusStats, Pipeline, Subscription
+from sagaflow.clock import Clock, SystemClock
+from sagaflow.envelope import Envelope
+from sagaflow.errors import ConfigurationError, TransportClosedError
+from sagaflow.events import Event, EventRegistry, default_registry
+from sagaflow.retry import RetryPolicy
+from sagaflow.serialization import JsonSerializer, Serializer
+from sagaflow.transports.base import Message, Transport, validate_name
+from sagaflow.transports.memory import MemoryTransport
+
+__all__ = ["DEFAULT_REDELIVERY", "EventBus"]
+
+logger = logging.getLogger("sagaflow.choreography")
+
+E = TypeVar("E", bound=Event)
+R = TypeVar("R")
+
+DEFAULT_REDELIVERY = RetryPolicy(max_attempts=5, initial_delay=1.0, max_delay=60.0)
+"""Default redelivery policy: five deliveries in all, 1 s then doubling up to 60 s."""
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9_.\-]+")
+
+
+def default_group(handler: Callable[..., object]) -> str:
+    """Return a group name derived from the handler's module and qualified name."""
+    raw = f"{getattr(handler, '__module__', '')}.{getattr(handler, '__qualname__', 'handler')}"
+    name = _UNSAFE.sub("-", raw).strip("-._")[:200]
+    return validate_name("group", name or "handler")
+
+
+class _ReplayDelivery:
+    """A stand-in delivery for `EventBus.replay`: settlement is recorded, not sent."""
+
+    __slots__ = ("acked", "attempt", "message")
+
+    def __init__(self, letter: DeadLetter) -> None:
+        self.message: Message = letter.message
+        self.attempt = letter.deliveries + 1
+        self.acked = False
+
+    async def ack(self) -> None:
+        self.acked = True
+
+    async def nack(self, *, delay: float = 0.0) -> None:
+        return None
+
+    async def dead_letter(self, reason: str) -> None:
+        return None
+
+
+class EventBus:
+    """Publishes events and runs subscribed handlers through a reliable pipeline.
+
+    Use it as an async context manager (``async with EventBus() as bus``), or call
+    `start` and `stop`. `publish` starts a bus that has subscriptions and was
+    never started, so that no subscribed group misses the first events.
+
+    Args:
+        transport: Moves the messages (default: a new `MemoryTransport`).
+        registry: Event classes by wire name (default: the default registry).
+        serializer: Encodes and decodes messages (default: `JsonSerializer` over
+            ``registry``); give one with a `HmacSigner` to sign.
+        source: The CloudEvents ``source`` of published events (this service).
+        inbox: Deduplicates deliveries per group (default: a `MemoryInbox`).
+        dead_letters: Where dead letters are kept (default: in memory).
+        retry: Default in-process retry policy of handlers.
+        redelivery: Default redelivery policy; its ``max_attempts`` caps the
+            deliveries of one event to one group before it is dead-lettered.
+        middleware: Publish and handle hooks, the first one outermost.
+        clock: Times retries and redelivery delays.
+        rng: Random source for backoff jitter (seed it for reproducible tests).
+        topic_for: Maps a wire name to its topic (default: the wire name).
+        on_unrouted: Called with the envelope of each published event that no
+            subscription of this bus handles (also counted in ``stats.unrouted``
+            and logged). A process that only publishes may ignore it.
+        on_dead_letter: Called with each `DeadLetter` after it is stored.
+        close_transport: Close the transport on `stop`; default: only when the bus
+            created it.
+        shutdown_timeout: The ``timeout`` used by ``async with`` on exit.
+    """
+
+    def __init__(
+        self,
+        transport: Transport | None = None,
+        *,
+        registry: EventRegistry | None = None,
+        serializer: Serializer | None = None,
+        source: str = "sagaflow",
+        inbox: Inbox | None = None,
+        dead_letters: DeadLetterStore | None = None,
+        retry: RetryPolicy | None = None,
+        redelivery: RetryPolicy | None = None,
+        middleware: Sequence[Middleware] = (),
+        clock: Clock | None = None,
+        rng: random.Random | None = None,
+        topic_for: Callable[[str], str] | None = None,
+        on_unrouted: Callable[[Envelope[Event]], object] | None = None,
+        on_dead_letter: Callable[[DeadLetter], object] | None = None,
+        close_transport: bool | None = None,
+        shutdown_timeout: float = 30.0,
+    ) -> None:
+        self.clock: Clock = clock or SystemClock()
+        self.transport: Transport = transport or MemoryTransport(clock=self.clock)
+        self.registry = registry if registry is not None else default_registry
+        self.serializer: Serializer = serializer or JsonSerializer(self.registry)
+        self.source = source
+        self.inbox: Inbox = inbox if inbox is not None else MemoryInbox()
+        self.dead_letters: DeadLetterStore = (
+            dead_letters if dead_letters is not None else MemoryDeadLetterStore()
+        )
+        self.retry = retry or RetryPolicy()
+        self.redelivery = redelivery or DEFAULT_REDELIVERY
+        self.middleware = tuple(middleware)
+        self.rng = rng or random.Random()
+        self.stats = BusStats()
+        self.on_unrouted = on_unrouted
+        self.on_dead_letter = on_dead_letter
+        self.shutdown_timeout = shutdown_timeout
+        self._topic_for = topic_for
+        self._close_transport = transport is None if close_transport is None else close_transport
+        self._subscriptions: list[Subscription] = []
+        self._pipelines: dict[Subscription, Pipeline] = {}
+        self._limiters: dict[Subscription, asyncio.Semaphore] = {}
+        self._consumers: dict[tuple[Subscription, str], Consumer] = {}
+        self._topics: dict[str, str] = {}
+        self._routes: dict[type[Event], bool] = {}
+        self._starting: set[asyncio.Task[None]] = set()
+        self._publish = chain_publish(self.middleware, self._send)
+        self._state = "new"
+
+    def __repr__(self) -> str:
+        return (
+            f"<EventBus {self._state} subscriptions={len(self._subscriptions)} "
+            f"transport={type(self.transport).__name__}>"
+        )
+
+    # -- subscribing ---------------------------------------------------------------
+
+    @property
+    def subscriptions(self) -> Sequence[Subscription]:
+        """Every subscription of this bus, in the order they were made."""
+        return tuple(self._subscriptions)
+
+    def subscribe(
+        self,
+        event_type: type[E],
+        handler: Callable[[E], object],
+        *,
+        group: str | None = None,
+        retry: RetryPolicy | None = None,
+        redelivery: RetryPolicy | None = None,
+        concurrency: int = 1,
+        ordered_by_key: bool = False,
+    ) -> Subscription:
+        """Call ``handler`` with every event of ``event_type`` (or a subclass) for ``group``.
+
+        Args:
+            event_type: An event class; abstract base classes receive every
+                registered subclass.
+            handler: An ``async def`` function, or a plain function (run in a
+                worker thread). Its return value is ignored; raising fails the
+                delivery.
+            group: The consumer group (default: derived from the handler's name).
+                Buses in several processes that share a group share its events.
+            retry: In-process retries for one delivery (default: the bus's).
+            redelivery: Redelivery policy (default: the bus's).
+            concurrency: Events of this subscription handled at once.
+            ordered_by_key: Handle events with the same partition key one at a
+                time, in order (see `Consumer`).
+
+        Returns:
+            The subscription.
+
+        Raises:
+            ConfigurationError: Bad options, or another subscription of this bus
+                uses the same group for overlapping event types (they would
+                compete for the same events).
+        """
+        if not (isinstance(event_type, type) and issubclass(event_type, Event)):
+            raise ConfigurationError(f"subscribe() needs an Event subclass, got {event_type!r}")
+        if not callable(handler):
+            raise ConfigurationError(f"handler must be callable, got {handler!r}")
+        if concurrency < 1:
+            raise ConfigurationError(f"concurrency must be >= 1, got {concurrency}")
+        if self._state == "stopped":
+            raise TransportClosedError("the event bus is stopped")
+        name = validate_name("group", group) if group is not None else default_group(handler)
+        self._check_group(name, event_type)
+        subscription = Subscription(
+            event_type=event_type,
+            handler=handler,
+            group=name,
+            retry=retry or self.retry,
+            redelivery=redelivery or self.redelivery,
+            concurrency=concurrency,
+            ordered_by_key=ordered_by_key,
+        )
+        self._subscriptions.append(subscription)
+        self._routes.clear()
+        if self._state == "running":
+            self._spawn_start(subscription)
+        return subscription
+
+    def handler(
+        self,
+        event_type: type[E],
+        *,
+        group: str | None = None,
+        retry: RetryPolicy | None = None,
+        redelivery: RetryPolicy | None = None,
+        concurrency: int = 1,
+        ordered_by_key: bool = False,
+    ) -> Callable[[Callable[[E], R]], Callable[[E], R]]:
+        """Decorator form of `subscribe`; returns the function unchanged.
+
+        Example::
+
+            @bus.handler(OrderPlaced, group="inventory")
+            async def reserve_stock(event: OrderPlaced) -> None: ...
+        """
+
+        def decorate(function: Callable[[E], R]) -> Callable[[E], R]:
+            self.subscribe(
+                event_type,
+                function,
+                group=group,
+                retry=retry,
+                redelivery=redelivery,
+                concurrency=concurrency,
+                ordered_by_key=ordered_by_key,
+            )
+            return function
+
+        return decorate
+
+    def _check_group(self, group: str, event_type: type[Event]) -> None:
+        for other in self._subscriptions:
+            if other.group == group and (
+                issubclass(event_type, other.event_type) or issubclass(other.event_type, event_type)
+            ):
+                raise ConfigurationError(
+                    f"group {group!r} already handles {other.event_type.__qualname__} on this bus; "
+                    "two handlers in one group would compete for the same events: "
+                    "give each its own group"
+                )
+
+    def topic_for(self, type_name: str) -> str:
+        """Return the topic carrying events with wire name ``type_name``."""
+        topic = self._topics.get(type_name)
+        if topic is None:
+            raw = self._topic_for(type_name) if self._topic_for else type_name
+            topic = self._topics[type_name] = validate_name("topic", raw)
+        return topic
+
+    def _topics_of(self, subscription: Subscription) -> list[str]:
+        names = self.registry.subclasses_of(subscription.event_type)
+        return sorted({self.topic_for(name) for name in names})
+
+    # -- lifecycle -----------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Subscribe every handler to the transport; idempotent.
+
+        When it returns, every group exists on the transport (where the transport
+        can say so), so no event published afterwards is missed.
+        """
+        if self._state == "running":
+            return
+        if self._state == "stopped":
+            raise TransportClosedError("the event bus is stopped")
+        self._state = "running"
+        for subscription in self._subscriptions:
+            await self._start_subscription(subscription)
+
+    def _spawn_start(self, subscription: Subscription) -> None:
+        task = asyncio.get_running_loop().create_task(self._start_subscription(subscription))
+        self._starting.add(task)
+        task.add_done_callback(self._starting.discard)
+
+    async def _start_subscription(self, subscription: Subscription) -> None:
+        for topic in self._topics_of(subscription):
+            await self._start_consumer(subscription, topic)
+
+    async def _start_consumer(self, subscription: Subscription, topic: str) -> None:
+        if (subscription, topic) in self._consumers:
+            return
+        pipeline = self._pipelines.get(subscription) or self._make_pipeline(subscription)
+        consumer = Consumer(
+            pipeline,
+            self.transport,
+            topic,
+            limiter=self._limiters[subscription],
+            clock=self.clock,
+        )
+        self._consumers[(subscription, topic)] = consumer
+        declare = getattr(self.transport, "declare", None)
+        if declare is not None:
+            await declare(topic, group=subscription.group)
+        consumer.start()
+
+    async def stop(self, timeout: float | None = None) -> None:  # noqa: ASYNC109 - a drain budget, not a call timeout
+        """Shut down gracefully; idempotent.
+
+        Stops taking deliveries, lets the handlers in flight finish for up to
+        ``timeout`` seconds (default: ``shutdown_timeout``), cancels those still
+        running (their deliveries stay unsettled and will be redelivered), closes
+        the subscriptions, then the transport when the bus owns it.
+        """
+        if self._state == "stopped":
+            return
+        self._state = "stopped"
+        limit = self.shutdown_timeout if timeout is None else timeout
+        for task in list(self._starting):
+            task.cancel()
+        consumers = list(self._consumers.values())
+        for consumer in consumers:
+            consumer.stop_intake()
+        await self._drain(consumers, limit)
+        for consumer in consumers:
+            await consumer.close()
+        if self._close_transport:
+            await self.transport.close()
+
+    async def _drain(self, consumers: list[Consumer], limit: float) -> None:
+        tasks = [task for consumer in consumers for task in consumer.tasks]
+        if tasks:
+            try:
+                async with self.clock.timeout(limit):
+                    await asyncio.wait(tasks)
+            except TimeoutError:
+                logger.warning(
+                    "stop: %d task(s) still busy after %.1f s; cancelling", len(tasks), limit
+                )
+        for consumer in consumers:
+            consumer.cancel()
+        remaining = [task for consumer in consumers for task in consumer.tasks]
+        if remaining:
+            await asyncio.gather(*remaining, return_exceptions=True)
+        # Reap intake tasks cancelled while idle, so that nothing is left pending.
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def __aenter__(self) -> EventBus:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
+    # -- publishing ----------------------------------------------------------------
+
+    def envelope(
+        self,
+        event: E,
+        *,
+        id: str | None = None,
+        subject: str | None = None,
+        key: str | None = None,
+        headers: Mapping[str, str] | None = None,
+        correlation_id: str | None = None,
+        causation_id: str | None = None,
+        traceparent: str | None = None,
+    ) -> Envelope[E]:
+        """Return the envelope `publish` would send for ``event`` with these options.
+
+        Inside a handler, the correlation id and traceparent default to those of
+        the event being handled, and the causation id to its id.
+        """
+        parent = CURRENT.get()
+        if parent is not None:
+            correlation_id = correlation_id or parent.correlation_id
+            causation_id = causation_id or parent.id
+            traceparent = traceparent or parent.traceparent
+        return Envelope.wrap(
+            event,
+            type=self.registry.type_of(type(event)),
+            source=self.source,
+            id=id,
+            subject=subject,
+            correlation_id=correlation_id,
+            causation_id=causation_id,
+            traceparent=traceparent,
+            partition_key=key,
+            headers=headers,
+        )
+
+    async def publish(
+        self,
+        event: E,
+        *,
+        id: str | None = None,
+        subject: str | None = None,
+        key: str | None = None,
+        headers: Mapping[str, str] | None = None,
+        correlation_id: str | None = None,
+        causation_id: str | None = None,
+        traceparent: str | None = None,
+    ) -> Envelope[E]:
+        """Publish one event and return its envelope once the transport accepted it.
+
+        Args:
+            event: An instance of a registered (non-abstract) event class.
+            id: Event id (default: a new UUID); the inbox deduplicates on it, so
+                publishing twice with one id is handled once per group.
+            subject: CloudEvents subject (what the event is about).
+            key: Partition key (ordering and routing).
+            headers: Free application headers.
+            correlation_id: Flow id (default: inherited inside a handler, else the
+                event's own id).
+            causation_id: Causing event id (default: inherited inside a handler).
+            traceparent: W3C trace context (default: inherited inside a handler).
+
+        Raises:
+            ConfigurationError: The event class is not registered, or a header
+                name is reserved.
+            MessageTooLargeError: The encoded event is over the size limit.
+            TransportError: The transport refused the message.
+        """
+        envelope = self.envelope(
+            event,
+            id=id,
+            subject=subject,
+            key=key,
+            headers=headers,
+            correlation_id=correlation_id,
+            causation_id=causation_id,
+            traceparent=traceparent,
+        )
+        await self._publish_envelopes((envelope,))
+        return envelope
+
+    async def publish_many(
+        self,
+        events: Iterable[Event | Envelope[Event]],
+        *,
+        correlation_id: str | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> list[Envelope[Event]]:
+        """Publish several events in one transport call, in order.
+
+        Items may be events (wrapped with the given options) or envelopes built
+        with `envelope` (sent as they are). Nothing is sent if any item fails to
+        encode.
+        """
+        envelopes: list[Envelope[Event]] = [
+            item
+            if isinstance(item, Envelope)
+            else self.envelope(item, correlation_id=correlation_id, headers=headers)
+            for item in events
+        ]
+        if envelopes:
+            await self._publish_envelopes(envelopes)
+        return envelopes
+
+    async def _publish_envelopes(self, envelopes: Sequence[Envelope[Event]]) -> None:
+        if self._state != "running":
+            if self._state == "new" and self._subscriptions:
+                await self.start()
+        elif self._starting:
+            await asyncio.gather(*list(self._starting))
+        await self._publish(envelopes)
+
+    async def _send(self, envelopes: Sequence[Envelope[Event]]) -> None:
+        encode = self.serializer.encode
+        topic_for = self.topic_for
+        messages = [encode(env, topic=topic_for(env.type)) for env in envelopes]
+        routes = self._routes
+        for envelope in envelopes:
+            if type(envelope.event) not in routes:
+                await self._route(type(envelope.event), envelope.type)
+        await self.transport.publish(messages)
+        self.stats.published += len(messages)
+        for envelope in envelopes:
+            if not self._routes.get(type(envelope.event)):
+                self._unrouted(envelope)
+
+    async def _route(self, cls: type[Event], type_name: str) -> None:
+        """Work out (and cache) whether a local subscription handles ``cls``.
+
+        A class registered after a subscription to one of its bases started gets
+        a consumer here, before its first event is published.
+        """
+        matching = [s for s in self._subscriptions if issubclass(cls, s.event_type)]
+        if self._state == "running":
+            topic = self.topic_for(type_name)
+            for subscription in matching:
+                await self._start_consumer(subscription, topic)
+        self._routes[cls] = bool(matching)
+
+    def _unrouted(self, envelope: Envelope[Event]) -> None:
+        self.stats.unrouted += 1
+        logger.warning("published %s %s: no subscription on this bus", envelope.type, envelope.id)
+        if self.on_unrouted is not None:
+            try:
+                self.on_unrouted(envelope)
+            except Exception:
+                logger.exception("on_unrouted hook failed")
+
+    # -- waiting and dead letters ----------------------------------------------------
+
+    async def join(self, timeout: float | None = 30.0, *, poll: float = 0.005) -> None:  # noqa: ASYNC109
+        """Wait until every published event has been handled or settled (for tests).
+
+        Only meaningful with a `MemoryTransport`, whose queues it inspects: it
+        returns when no group of this bus has a message waiting or in flight.
+
+        Raises:
+            TimeoutError: Still busy after ``timeout`` seconds.
+        """
+        transport = self.transport
+        if not isinstance(transport, MemoryTransport):
+            raise ConfigurationError("join() needs a MemoryTransport")
+        async with self.clock.timeout(timeout):
+            # Polling is deliberate: the state spans many groups and timers, and
+            # this helper is for tests, not for the hot path.
+            while self._busy(transport):  # noqa: ASYNC110
+                await asyncio.sleep(poll)
+
+    def _busy(self, transport: MemoryTransport) -> bool:
+        if self._starting:
+            return True
+        return any(
+            transport.in_flight(topic, group=subscription.group)
+            for subscription, topic in self._consumers
+        )
+
+    async def replay(self, letter_id: str) -> bool:
+        """Run a dead letter through its group's handler pipeline again, in this process.
+
+        On success the letter is removed. On failure it is replaced by a letter
+        with the new reason. The inbox still applies: a letter whose event the
+        group handled meanwhile is simply removed.
+
+        Returns:
+            Whether the event was handled (or found already handled).
+
+        Raises:
+            KeyError: No letter with that id.
+            ConfigurationError: No subscription of this bus consumes the letter's
+                group and topic.
+        """
+        letter = await self.dead_letters.get(letter_id)
+        if letter is None:
+            raise KeyError(letter_id)
+        pipeline = self._pipeline_for(letter)
+        delivery = _ReplayDelivery(letter)
+        await pipeline.process(delivery, replay=True)
+        if delivery.acked:
+            await self.dead_letters.remove(letter.id)
+            return True
+        return False
+
+    async def replay_all(self, *, group: str | None = None) -> int:
+        """Replay every stored dead letter (of one ``group``); return how many succeeded."""
+        done = 0
+        for letter in list(await self.dead_letters.list(group=group)):
+            if await self.replay(letter.id):
+                done += 1
+        return done
+
+    def _pipeline_for(self, letter: DeadLetter) -> Pipeline:
+        for subscription in self._subscriptions:
+            if subscription.group == letter.group and letter.topic in self._topics_of(subscription):
+                return self._pipelines.get(subscription) or self._make_pipeline(subscription)
+        raise ConfigurationError(
+            f"no subscription of this bus consumes topic {letter.topic!r} "
+            f"for group {letter.group!r}"
+        )
+
+    def _make_pipeline(self, subscription: Subscription) -> Pipeline:
+        pipeline = self._pipelines[subscription] = Pipeline(
+            subscription,
+            serializer=self.serializer,
+            inbox=self.inbox,
+            dead_letters=self.dead_letters,
+            middleware=self.middleware,
+            clock=self.clock,
+            rng=self.rng,
+            stats=self.stats,
+            on_dead_letter=self.on_dead_letter,
+        )
+        self._limiters[subscription] = asyncio.Semaphore(subscription.concurrency)
+        return pipeline
