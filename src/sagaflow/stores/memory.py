@@ -9,12 +9,14 @@ refuses data that has no JSON form. Nothing survives the process.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from sagaflow.clock import Clock, SystemClock
 from sagaflow.errors import (
     ConcurrencyError,
+    ConfigurationError,
     FencedError,
     SagaAlreadyExistsError,
     SagaNotFoundError,
@@ -49,13 +51,24 @@ class _Entry:
 class MemorySagaStore:
     """An in-memory `SagaStore`.
 
+    Unfinished sagas are always kept. Finished ones (COMPLETED or COMPENSATED) are
+    kept up to ``max_finished``, oldest evicted first, so a long-running process
+    does not grow without bound; an evicted saga is no longer found by `load`
+    (and its id may be used again). Parked (FAILED) sagas are never evicted: they
+    wait for an operator.
+
     Args:
         clock: Time source for leases (inject a fake clock in tests).
+        max_finished: How many finished sagas to keep; ``None`` keeps all.
     """
 
-    def __init__(self, *, clock: Clock | None = None) -> None:
+    def __init__(self, *, clock: Clock | None = None, max_finished: int | None = 10_000) -> None:
+        if max_finished is not None and max_finished < 0:
+            raise ConfigurationError("max_finished must be >= 0 or None")
         self._clock = clock or SystemClock()
         self._sagas: dict[str, _Entry] = {}
+        self._finished: dict[str, None] = {}  # insertion-ordered: oldest first
+        self._max_finished = max_finished
         self._seq = 0
         self._closed = False
 
@@ -107,6 +120,8 @@ class MemorySagaStore:
             return version
         entry.records.extend(records)
         entry.status = status_after(entry.status, records)
+        if entry.status in _EVICTABLE:
+            self._note_finished(saga_id)
         entry.updated_at = records[-1].at
         self._seq += 1
         entry.touched = self._seq
@@ -216,11 +231,45 @@ class MemorySagaStore:
         except KeyError:
             raise SagaNotFoundError(saga_id) from None
 
+    def _note_finished(self, saga_id: str) -> None:
+        limit = self._max_finished
+        if limit is None:
+            return
+        self._finished[saga_id] = None
+        while len(self._finished) > limit:
+            oldest = next(iter(self._finished))
+            del self._finished[oldest]
+            entry = self._sagas.get(oldest)
+            if entry is not None and entry.status in _EVICTABLE:
+                del self._sagas[oldest]
+
     def _check_open(self) -> None:
         if self._closed:
             raise StoreError("the store is closed")
 
 
+_EVICTABLE = frozenset({SagaStatus.COMPLETED, SagaStatus.COMPENSATED})
+_SCALARS = frozenset({str, int, float, bool, type(None)})
+
+
 def _as_stored(records: Sequence[SagaRecord]) -> list[SagaRecord]:
     """Return the records as a durable store would hand them back (data as JSON values)."""
-    return [r if r.data is None else r._replace(data=normalize_data(r.data)) for r in records]
+    return [
+        r if r.data is None else SagaRecord(r.kind, r.step, r.attempt, r.at, _normalized(r.data))
+        for r in records
+    ]
+
+
+def _normalized(data: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    # Fast path for the common shape written by the orchestrator: a dict of JSON
+    # scalars or of one level of such dicts. Anything else takes the full route.
+    if type(data) is dict:
+        for value in data.values():
+            kind = type(value)
+            if kind in _SCALARS:
+                continue
+            if kind is dict and all(type(v) in _SCALARS for v in value.values()):
+                continue
+            return normalize_data(data)
+        return {k: v.copy() if type(v) is dict else v for k, v in data.items()}
+    return normalize_data(data)

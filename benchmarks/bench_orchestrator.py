@@ -1,0 +1,363 @@
+"""Orchestrator throughput: sagaflow vs a hand-written saga vs python-cqrs, same run.
+
+The flow: reserve stock, charge payment, create shipment, notify (trivial async
+steps), in memory, with a hook attached to sagaflow's orchestrator. Measured:
+
+* sequential: one saga after another;
+* concurrent: batches of 1,000 sagas with ``asyncio.gather``;
+* failure path: step 3 fails, two compensations run;
+* peak memory (tracemalloc) with 10,000 sagas in flight.
+
+Run:  .venv/bin/python benchmarks/bench_orchestrator.py [--quick]
+(python-cqrs comes with ``pip install -e ".[bench]"``; without it that column is skipped.)
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import statistics
+import sys
+import time
+import tracemalloc
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from pydantic import BaseModel
+
+from sagaflow import Orchestrator, RetryPolicy, Saga, SagaHooks, SagaStatus, Step, StepKind
+
+
+class OrderState(BaseModel):
+    order_id: str
+    reservation: str | None = None
+    payment: str | None = None
+    shipment: str | None = None
+
+
+class Boom(Exception):
+    pass
+
+
+# --- sagaflow ---------------------------------------------------------------------
+
+
+def sagaflow_saga(fail_shipping: bool) -> Saga[OrderState]:
+    async def reserve(ctx):
+        return {"reservation": "r"}
+
+    async def release(ctx):
+        return None
+
+    async def charge(ctx):
+        return {"payment": "p"}
+
+    async def refund(ctx):
+        return None
+
+    async def ship(ctx):
+        if fail_shipping:
+            raise Boom("shipping down")
+        return {"shipment": "s"}
+
+    async def notify(ctx):
+        return None
+
+    no_retry = RetryPolicy.no_retry()
+    return Saga(
+        "order",
+        state=OrderState,
+        retry=no_retry,
+        steps=[
+            Step("reserve_stock", reserve, compensate=release),
+            Step("charge_payment", charge, compensate=refund),
+            Step("create_shipment", ship, kind=StepKind.PIVOT),
+            Step("notify", notify, kind=StepKind.RETRIABLE, retry=no_retry),
+        ],
+    )
+
+
+class CountingHooks(SagaHooks):
+    def __init__(self) -> None:
+        self.steps = 0
+        self.sagas = 0
+
+    def step_succeeded(self, saga_id: str, step: str, attempt: int) -> None:
+        self.steps += 1
+
+    def saga_finished(self, result) -> None:
+        self.sagas += 1
+
+
+def make_sagaflow(fail: bool) -> Callable[[], Awaitable[object]]:
+    orchestrator = Orchestrator(hooks=[CountingHooks()])
+    saga = sagaflow_saga(fail)
+    expected = SagaStatus.COMPENSATED if fail else SagaStatus.COMPLETED
+
+    async def one() -> object:
+        result = await orchestrator.run(saga, OrderState(order_id="o"))
+        assert result.status is expected
+        return result
+
+    return one
+
+
+# --- hand-written: the limit -------------------------------------------------------
+
+
+def make_hand(fail: bool) -> Callable[[], Awaitable[object]]:
+    async def reserve(state):
+        state["reservation"] = "r"
+
+    async def release(state):
+        state["reservation"] = None
+
+    async def charge(state):
+        state["payment"] = "p"
+
+    async def refund(state):
+        state["payment"] = None
+
+    async def ship(state):
+        if fail:
+            raise Boom("shipping down")
+        state["shipment"] = "s"
+
+    async def notify(state):
+        return None
+
+    async def one() -> object:
+        state = {"order_id": "o"}
+        done = []
+        try:
+            await reserve(state)
+            done.append(release)
+            await charge(state)
+            done.append(refund)
+            await ship(state)
+        except Boom:
+            for undo in reversed(done):
+                await undo(state)
+            return state
+        await notify(state)
+        return state
+
+    return one
+
+
+# --- python-cqrs -------------------------------------------------------------------
+
+
+def make_cqrs(fail: bool) -> Callable[[], Awaitable[object]] | None:
+    try:
+        import dataclasses
+
+        from cqrs.saga.models import SagaContext
+        from cqrs.saga.saga import Saga as CqrsSaga
+        from cqrs.handlers.saga import SagaStepHandler
+        from cqrs.saga.storage.memory import MemorySagaStorage
+    except ImportError:
+        return None
+
+    @dataclasses.dataclass
+    class Ctx(SagaContext):
+        order_id: str
+        reservation: str | None = None
+        payment: str | None = None
+        shipment: str | None = None
+
+    class Reserve(SagaStepHandler[Ctx, None]):
+        async def act(self, context):
+            context.reservation = "r"
+            return self._generate_step_result(None)
+
+        async def compensate(self, context):
+            context.reservation = None
+
+    class Charge(SagaStepHandler[Ctx, None]):
+        async def act(self, context):
+            context.payment = "p"
+            return self._generate_step_result(None)
+
+        async def compensate(self, context):
+            context.payment = None
+
+    class Ship(SagaStepHandler[Ctx, None]):
+        async def act(self, context):
+            if fail:
+                raise Boom("shipping down")
+            context.shipment = "s"
+            return self._generate_step_result(None)
+
+        async def compensate(self, context):
+            return None
+
+    class Notify(SagaStepHandler[Ctx, None]):
+        async def act(self, context):
+            return self._generate_step_result(None)
+
+        async def compensate(self, context):
+            return None
+
+    class OrderSaga(CqrsSaga[Ctx]):
+        steps = [Reserve, Charge, Ship, Notify]  # noqa: RUF012
+
+    class Container:
+        async def resolve(self, type_):
+            return type_()
+
+    saga = OrderSaga()
+    container = Container()
+    storage = MemorySagaStorage()
+
+    async def one() -> object:
+        try:
+            async with saga.transaction(
+                context=Ctx(order_id="o"),
+                container=container,  # type: ignore[arg-type]
+                storage=storage,
+                compensation_retry_count=1,
+                compensation_retry_delay=0,
+            ) as transaction:
+                async for _ in transaction:
+                    pass
+        except Boom:
+            pass
+        return None
+
+    return one
+
+
+# --- harness -----------------------------------------------------------------------
+
+
+@dataclass
+class Figure:
+    name: str
+    rate: float
+
+
+def median_rate(runs: int, total: int, body: Callable[[], Awaitable[None]]) -> float:
+    rates = []
+    for _ in range(runs):
+        gc.collect()
+        start = time.perf_counter()
+        asyncio.run(body())
+        rates.append(total / (time.perf_counter() - start))
+    return statistics.median(rates)
+
+
+def sequential(
+    make: Callable[[bool], Callable[[], Awaitable[object]] | None], fail: bool, n: int, runs: int
+) -> float | None:
+    if make(fail) is None:
+        return None
+
+    async def body() -> None:
+        one = make(fail)
+        assert one is not None
+        for _ in range(n):
+            await one()
+
+    return median_rate(runs, n, body)
+
+
+def concurrent(make, fail: bool, batch: int, batches: int, runs: int) -> float | None:
+    if make(fail) is None:
+        return None
+
+    async def body() -> None:
+        one = make(fail)
+        for _ in range(batches):
+            await asyncio.gather(*(one() for _ in range(batch)))
+
+    return median_rate(runs, batch * batches, body)
+
+
+def peak_memory_in_flight(count: int) -> tuple[float, float]:
+    """Peak traced memory (MiB) with ``count`` sagas parked inside their second step."""
+
+    async def body() -> None:
+        gate = asyncio.Event()
+
+        async def reserve(ctx):
+            return {"reservation": "r"}
+
+        async def release(ctx):
+            return None
+
+        async def charge(ctx):
+            await gate.wait()
+            return {"payment": "p"}
+
+        saga = Saga(
+            "order",
+            state=OrderState,
+            steps=[
+                Step("reserve_stock", reserve, compensate=release),
+                Step("charge_payment", charge, compensate=release),
+            ],
+        )
+        orchestrator = Orchestrator(hooks=[CountingHooks()])
+        tasks = [
+            asyncio.ensure_future(orchestrator.run(saga, OrderState(order_id=str(i))))
+            for i in range(count)
+        ]
+        while len(orchestrator._active) < count:
+            await asyncio.sleep(0.01)
+        peak_holder.append(tracemalloc.get_traced_memory())
+        gate.set()
+        await asyncio.gather(*tasks)
+        await orchestrator.close()
+
+    peak_holder: list[tuple[int, int]] = []
+    tracemalloc.start()
+    asyncio.run(body())
+    tracemalloc.stop()
+    current, peak = peak_holder[0]
+    return current / 2**20, peak / 2**20
+
+
+def report(title: str, figures: dict[str, float | None]) -> None:
+    limit = figures["hand-written"]
+    ours = figures["sagaflow"]
+    print(f"\n{title}")
+    print(f"  {'implementation':<14} {'sagas/s':>12} {'vs hand-written':>16} {'sagaflow is':>12}")
+    for name, rate in figures.items():
+        if rate is None:
+            print(f"  {name:<14} {'(not installed)':>12}")
+            continue
+        ratio = rate / limit if limit else 0
+        speedup = f"{ours / rate:.1f}x" if ours and name != "sagaflow" else ""
+        print(f"  {name:<14} {rate:12,.0f} {ratio:15.3f}x {speedup:>12}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--quick", action="store_true", help="fewer sagas, for a smoke run")
+    args = parser.parse_args()
+    runs = 3 if args.quick else 5
+    n = 2_000 if args.quick else 20_000
+    batches = 2 if args.quick else 10
+    makers = {"hand-written": make_hand, "sagaflow": make_sagaflow, "python-cqrs": make_cqrs}
+    print(f"python {sys.version.split()[0]}; medians of {runs} runs")
+    for title, fail in (("happy path", False), ("failure path (step 3 fails)", True)):
+        report(
+            f"{title}, sequential ({n:,} sagas)",
+            {name: sequential(make, fail, n, runs) for name, make in makers.items()},
+        )
+        report(
+            f"{title}, 1,000 concurrent ({batches} batches)",
+            {name: concurrent(make, fail, 1_000, batches, runs) for name, make in makers.items()},
+        )
+    current, peak = peak_memory_in_flight(2_000 if args.quick else 10_000)
+    count = 2_000 if args.quick else 10_000
+    print(
+        f"\nmemory with {count:,} sagas in flight: {current:.1f} MiB held, peak {peak:.1f} MiB "
+        f"({current * 2**20 / count / 1024:.1f} KiB per saga)"
+    )
+
+
+if __name__ == "__main__":
+    main()
