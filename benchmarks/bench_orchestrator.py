@@ -153,9 +153,9 @@ def make_cqrs(fail: bool) -> Callable[[], Awaitable[object]] | None:
     try:
         import dataclasses
 
+        from cqrs.handlers.saga import SagaStepHandler
         from cqrs.saga.models import SagaContext
         from cqrs.saga.saga import Saga as CqrsSaga
-        from cqrs.handlers.saga import SagaStepHandler
         from cqrs.saga.storage.memory import MemorySagaStorage
     except ImportError:
         return None
@@ -201,7 +201,7 @@ def make_cqrs(fail: bool) -> Callable[[], Awaitable[object]] | None:
             return None
 
     class OrderSaga(CqrsSaga[Ctx]):
-        steps = [Reserve, Charge, Ship, Notify]  # noqa: RUF012
+        steps = [Reserve, Charge, Ship, Notify]
 
     class Container:
         async def resolve(self, type_):
