@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import uuid
 from pathlib import Path
 
 import pytest
 
 from sagaflow.clock import Clock
 from sagaflow.orchestration.store import SagaStore
-from sagaflow.stores import MemorySagaStore, SQLiteSagaStore
+from sagaflow.stores import MemorySagaStore, PostgresSagaStore, SQLiteSagaStore
 from sagaflow.testing.store_contract import SagaStoreContract
+
+from ._pg import drop_schema
 
 
 class TestMemoryStore(SagaStoreContract):
@@ -29,3 +32,19 @@ class TestSQLiteStore(SagaStoreContract):
         # The stateful test makes one store per example: give each its own file.
         self.count += 1
         return SQLiteSagaStore(self.directory / f"sagas{self.count}.db", clock=clock)
+
+
+class TestPostgresStore(SagaStoreContract):
+    stateful_examples = 15
+
+    @pytest.fixture(autouse=True)
+    def _server(self, postgres_url: str) -> None:
+        self.url = postgres_url
+
+    async def make_store(self, clock: Clock) -> SagaStore:
+        return PostgresSagaStore(self.url, schema=f"sf_test_{uuid.uuid4().hex[:12]}", clock=clock)
+
+    async def dispose_store(self, store: SagaStore) -> None:
+        assert isinstance(store, PostgresSagaStore)
+        await store.close()
+        await drop_schema(self.url, store.schema)
