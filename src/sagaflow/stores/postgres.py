@@ -403,8 +403,7 @@ async def _ensure_schema(conn: _Conn, schema: str, sql: _Sql) -> None:
 
 
 async def _schema_version(conn: _Conn, sql: _Sql) -> int | None:
-    row = await _one(conn, sql.meta_exists, {})
-    if row is None or row[0] is None:
+    if await _one(conn, sql.meta_exists, {}) is None:
         return None
     version = await _one(conn, sql.get_version, {})
     return int(version[0]) if version is not None else None
@@ -444,9 +443,11 @@ class _Sql:
 
     def __init__(self, schema: str) -> None:
         active = ", ".join(f"'{s.value}'" for s in ACTIVE_STATUSES)
-        self.meta_exists = pgsql.SQL("SELECT to_regclass({name})").format(
-            name=pgsql.Literal(f'"{schema}".meta')
-        )
+        # A plain catalog query (not to_regclass, which may answer from a stale
+        # cache) so that a waiter on the advisory lock sees the winner's tables.
+        self.meta_exists = pgsql.SQL(
+            "SELECT 1 FROM pg_catalog.pg_tables WHERE schemaname = {name} AND tablename = 'meta'"
+        ).format(name=pgsql.Literal(schema))
         self.get_version = _q("SELECT value FROM {s}.meta WHERE key = 'schema_version'", schema)
         self.set_version = _q(
             "INSERT INTO {s}.meta (key, value) VALUES ('schema_version', %(version)s)"
@@ -455,12 +456,15 @@ class _Sql:
         )
         self.create_tables = [
             _q("CREATE SCHEMA IF NOT EXISTS {s}", schema),
-            _q("CREATE TABLE {s}.meta (key text PRIMARY KEY, value text NOT NULL)", schema),
+            _q(
+                "CREATE TABLE IF NOT EXISTS {s}.meta (key text PRIMARY KEY, value text NOT NULL)",
+                schema,
+            ),
             # `touched` orders listings and claims: a store-wide sequence bumped by
             # every create/append (wall-clock `updated_at` may tie or go backwards).
-            _q("CREATE SEQUENCE {s}.touch_seq", schema),
+            _q("CREATE SEQUENCE IF NOT EXISTS {s}.touch_seq", schema),
             _q(
-                """CREATE TABLE {s}.sagas (
+                """CREATE TABLE IF NOT EXISTS {s}.sagas (
                     id text PRIMARY KEY,
                     name text NOT NULL,
                     status text NOT NULL,
@@ -473,17 +477,18 @@ class _Sql:
                 )""",
                 schema,
             ),
-            _q("CREATE INDEX sagas_touched ON {s}.sagas (touched)", schema),
-            _q("CREATE INDEX sagas_status ON {s}.sagas (status, touched)", schema),
+            _q("CREATE INDEX IF NOT EXISTS sagas_touched ON {s}.sagas (touched)", schema),
+            _q("CREATE INDEX IF NOT EXISTS sagas_status ON {s}.sagas (status, touched)", schema),
             _q(
-                f"CREATE INDEX sagas_claimable ON {{s}}.sagas (touched) WHERE status IN ({active})",
+                "CREATE INDEX IF NOT EXISTS sagas_claimable ON {s}.sagas (touched)"
+                f" WHERE status IN ({active})",
                 schema,
             ),
             # `json`, not `jsonb`: it keeps exactly the text written (any JSON,
             # including "\u0000", which jsonb refuses) and costs less to insert;
             # the `->`/`->>` operators still work on it for ad-hoc queries.
             _q(
-                """CREATE TABLE {s}.records (
+                """CREATE TABLE IF NOT EXISTS {s}.records (
                     saga_id text NOT NULL REFERENCES {s}.sagas (id) ON DELETE CASCADE,
                     seq integer NOT NULL,
                     kind text NOT NULL,

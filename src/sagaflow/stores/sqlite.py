@@ -35,6 +35,7 @@ from typing import Any, Final, Literal, TypeVar
 from sagaflow.clock import Clock, SystemClock
 from sagaflow.errors import (
     ConcurrencyError,
+    ConfigurationError,
     FencedError,
     SagaAlreadyExistsError,
     SagaNotFoundError,
@@ -102,7 +103,7 @@ class SQLiteSagaStore:
         max_batch: int = 512,
     ) -> None:
         if synchronous not in ("FULL", "NORMAL"):
-            raise ValueError("synchronous must be 'FULL' or 'NORMAL'")
+            raise ConfigurationError(f"synchronous must be 'FULL' or 'NORMAL', not {synchronous!r}")
         self._path = os.fspath(path)
         self._clock = clock or SystemClock()
         self._synchronous = synchronous

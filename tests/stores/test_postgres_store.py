@@ -1,0 +1,164 @@
+"""PostgreSQL-specific behaviour: schema creation and versions, pools, error mapping."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+
+import psycopg
+import pytest
+import pytest_asyncio
+from psycopg import sql
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
+
+from sagaflow.errors import (
+    SagaNotFoundError,
+    SchemaVersionError,
+    StoreError,
+    StoreUnavailableError,
+)
+from sagaflow.orchestration.records import RecordKind, SagaRecord
+from sagaflow.stores import PostgresSagaStore
+from sagaflow.stores.postgres import SCHEMA_VERSION, _map_error
+
+from ._pg import drop_schema
+
+
+def _first() -> list[SagaRecord]:
+    return [
+        SagaRecord(RecordKind.SAGA_STARTED, data={"saga": "order", "version": 1}),
+        SagaRecord(RecordKind.STEP_STARTED, "reserve", 1),
+    ]
+
+
+@pytest_asyncio.fixture
+async def schema(postgres_url: str) -> AsyncIterator[str]:
+    name = f"sf_test_{uuid.uuid4().hex[:12]}"
+    yield name
+    await drop_schema(postgres_url, name)
+
+
+async def _sql(url: str, query: sql.Composable) -> list[tuple[object, ...]]:
+    async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+        cursor = await conn.execute(query)
+        return await cursor.fetchall() if cursor.description else []
+
+
+async def test_schema_is_created_with_its_version(postgres_url: str, schema: str) -> None:
+    store = PostgresSagaStore(postgres_url, schema=schema)
+    await store.create("s1", _first(), owner="w", lease=10)
+    await store.close()
+    rows = await _sql(
+        postgres_url,
+        sql.SQL("SELECT value FROM {}.meta WHERE key = 'schema_version'").format(
+            sql.Identifier(schema)
+        ),
+    )
+    assert rows == [(str(SCHEMA_VERSION),)]
+
+
+async def test_concurrent_first_users_do_not_race(postgres_url: str, schema: str) -> None:
+    stores = [PostgresSagaStore(postgres_url, schema=schema) for _ in range(5)]
+
+    async def first_use(store: PostgresSagaStore) -> None:
+        with pytest.raises(SagaNotFoundError):
+            await store.load("nothing")
+
+    await asyncio.gather(*(first_use(s) for s in stores))
+    await stores[0].create("s1", _first(), owner="w", lease=10)
+    assert (await stores[4].load("s1")).version == 2
+    await asyncio.gather(*(s.close() for s in stores))
+
+
+async def test_newer_schema_is_refused(postgres_url: str, schema: str) -> None:
+    store = PostgresSagaStore(postgres_url, schema=schema)
+    await store.list_sagas()
+    await store.close()
+    await _sql(
+        postgres_url,
+        sql.SQL("UPDATE {}.meta SET value = '99' WHERE key = 'schema_version'").format(
+            sql.Identifier(schema)
+        ),
+    )
+    newer = PostgresSagaStore(postgres_url, schema=schema)
+    with pytest.raises(SchemaVersionError) as caught:
+        await newer.list_sagas()
+    assert (caught.value.found, caught.value.supported) == (99, SCHEMA_VERSION)
+    await newer.close()
+
+
+async def test_given_pool_is_used_and_left_open(postgres_url: str, schema: str) -> None:
+    async with AsyncConnectionPool(postgres_url, min_size=1, max_size=2, open=False) as pool:
+        store = PostgresSagaStore(pool, schema=schema)
+        await store.create("s1", _first(), owner="w", lease=10)  # pool not autocommit
+        assert (await store.load("s1")).version == 2
+        await store.close()
+        assert not pool.closed
+        store2 = PostgresSagaStore(pool, schema=schema)
+        assert (await store2.load("s1")).version == 2
+        await store2.close()
+
+
+# -- error mapping ---------------------------------------------------------------------
+
+
+async def test_unreachable_server_is_unavailable_and_password_is_masked() -> None:
+    url = "postgresql://user:hunter2@127.0.0.1:1/db"
+    store = PostgresSagaStore(url, connect_timeout=0.5)
+    assert "hunter2" not in repr(store)
+    with pytest.raises(StoreUnavailableError) as caught:
+        await store.list_sagas()
+    assert caught.value.retryable
+    assert "hunter2" not in str(caught.value)
+    await store.close()
+
+
+async def test_lost_connection_is_unavailable_then_recovers(postgres_url: str, schema: str) -> None:
+    app = f"sagaflow-test-{uuid.uuid4().hex[:8]}"
+    pool: AsyncConnectionPool[psycopg.AsyncConnection[object]] = AsyncConnectionPool(
+        postgres_url,
+        min_size=1,
+        max_size=1,
+        open=False,
+        kwargs={"autocommit": True, "application_name": app},
+    )
+    await pool.open()
+    store = PostgresSagaStore(pool, schema=schema)
+    await store.create("s1", _first(), owner="w", lease=10)
+    await _sql(
+        postgres_url,
+        sql.SQL(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = {}"
+        ).format(sql.Literal(app)),
+    )
+    with pytest.raises(StoreUnavailableError) as caught:
+        await store.load("s1")
+    assert isinstance(caught.value.__cause__, psycopg.OperationalError)
+    assert (await store.load("s1")).version == 2  # the pool replaced the dead connection
+    await store.close()
+    await pool.close()
+
+
+async def test_dropped_tables_are_a_store_error(postgres_url: str, schema: str) -> None:
+    store = PostgresSagaStore(postgres_url, schema=schema)
+    await store.create("s1", _first(), owner="w", lease=10)
+    await _sql(postgres_url, sql.SQL("DROP TABLE {}.records").format(sql.Identifier(schema)))
+    with pytest.raises(StoreError) as caught:
+        await store.load("s1")
+    assert not isinstance(caught.value, StoreUnavailableError)
+    assert isinstance(caught.value.__cause__, psycopg.errors.UndefinedTable)
+    assert "42P01" in str(caught.value)
+    await store.close()
+
+
+def test_driver_errors_map_to_store_errors() -> None:
+    assert isinstance(_map_error(psycopg.OperationalError("gone"), "x"), StoreUnavailableError)
+    assert isinstance(_map_error(PoolTimeout("no connection"), "x"), StoreUnavailableError)
+    mapped = _map_error(psycopg.errors.UndefinedTable("no table"), "x")
+    assert type(mapped) is StoreError
+
+
+def test_bad_schema_name_is_refused() -> None:
+    with pytest.raises(ValueError, match="schema"):
+        PostgresSagaStore("postgresql://127.0.0.1/x", schema="bad; DROP")

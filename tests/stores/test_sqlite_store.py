@@ -1,0 +1,233 @@
+"""SQLite-specific behaviour: pragmas, schema versions, error mapping, crash durability."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from sagaflow.errors import (
+    ConcurrencyError,
+    FencedError,
+    SchemaVersionError,
+    StoreError,
+    StoreUnavailableError,
+)
+from sagaflow.orchestration.records import RecordKind, SagaRecord
+from sagaflow.stores import SQLiteSagaStore
+from sagaflow.stores.sqlite import SCHEMA_VERSION, _map_error
+
+
+def _first() -> list[SagaRecord]:
+    return [
+        SagaRecord(RecordKind.SAGA_STARTED, data={"saga": "order", "version": 1}),
+        SagaRecord(RecordKind.STEP_STARTED, "reserve", 1),
+    ]
+
+
+def _completed(step: str = "reserve") -> SagaRecord:
+    return SagaRecord(RecordKind.STEP_COMPLETED, step, 1, data={"updates": {}})
+
+
+async def test_wal_mode_and_schema_version_are_set(tmp_path: Path) -> None:
+    path = tmp_path / "s.db"
+    store = SQLiteSagaStore(path)
+    await store.create("s1", _first(), owner="w", lease=10)
+    await store.close()
+    with sqlite3.connect(path) as raw:
+        assert raw.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        version = raw.execute(
+            "SELECT value FROM sagaflow_meta WHERE key = 'schema_version'"
+        ).fetchone()[0]
+        assert int(version) == SCHEMA_VERSION
+
+
+async def test_log_survives_reopening(tmp_path: Path) -> None:
+    path = tmp_path / "s.db"
+    store = SQLiteSagaStore(path)
+    claim = await store.create("s1", _first(), owner="w", lease=10)
+    await store.append("s1", [_completed()], expected_version=2, fencing_token=1)
+    await store.close()
+    again = SQLiteSagaStore(path, synchronous="NORMAL")
+    log = await again.load("s1")
+    assert (log.version, log.fencing_token, log.owner) == (3, claim.fencing_token, "w")
+    await again.close()
+
+
+async def test_newer_schema_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "s.db"
+    store = SQLiteSagaStore(path)
+    await store.list_sagas()
+    await store.close()
+    with sqlite3.connect(path) as raw:
+        raw.execute("UPDATE sagaflow_meta SET value = '99' WHERE key = 'schema_version'")
+    newer = SQLiteSagaStore(path)
+    with pytest.raises(SchemaVersionError) as caught:
+        await newer.list_sagas()
+    assert (caught.value.found, caught.value.supported) == (99, SCHEMA_VERSION)
+    await newer.close()
+
+
+async def test_table_prefixes_keep_stores_apart(tmp_path: Path) -> None:
+    a = SQLiteSagaStore(tmp_path / "s.db", table_prefix="a_")
+    b = SQLiteSagaStore(tmp_path / "s.db", table_prefix="b_")
+    await a.create("s1", _first(), owner="w", lease=10)
+    assert await b.list_sagas() == []
+    await a.close()
+    await b.close()
+
+
+def test_bad_options_are_refused(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="synchronous"):
+        SQLiteSagaStore(tmp_path / "s.db", synchronous="OFF")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="table_prefix"):
+        SQLiteSagaStore(tmp_path / "s.db", table_prefix="x; DROP TABLE y")
+
+
+async def test_two_stores_on_one_file_share_leases_and_fencing(tmp_path: Path) -> None:
+    # Two store objects stand for two processes sharing one database file.
+    store_a = SQLiteSagaStore(tmp_path / "s.db")
+    store_b = SQLiteSagaStore(tmp_path / "s.db")
+    await store_a.create("s1", _first(), owner="a", lease=0)
+    (claim,) = await store_b.claim(owner="b", lease=60, limit=5)
+    with pytest.raises(FencedError):
+        await store_a.append("s1", [_completed()], expected_version=2, fencing_token=1)
+    assert (
+        await store_b.append(
+            "s1", [_completed()], expected_version=2, fencing_token=claim.fencing_token
+        )
+        == 3
+    )
+    assert await store_a.claim(owner="a", lease=60, limit=5) == []
+    await store_a.close()
+    await store_b.close()
+
+
+async def test_in_memory_database_works(tmp_path: Path) -> None:
+    store = SQLiteSagaStore(":memory:")
+    await store.create("s1", _first(), owner="w", lease=10)
+    assert (await store.load("s1")).version == 2
+    await store.close()
+
+
+# -- error mapping ---------------------------------------------------------------------
+
+
+async def test_unopenable_path_is_unavailable(tmp_path: Path) -> None:
+    store = SQLiteSagaStore(tmp_path / "missing-dir" / "s.db")
+    with pytest.raises(StoreUnavailableError) as caught:
+        await store.list_sagas()
+    assert isinstance(caught.value.__cause__, sqlite3.OperationalError)
+    assert caught.value.retryable
+    await store.close()
+
+
+async def test_file_that_is_not_a_database_is_a_store_error(tmp_path: Path) -> None:
+    path = tmp_path / "junk.db"
+    path.write_bytes(b"this is not an sqlite database" * 100)
+    store = SQLiteSagaStore(path)
+    with pytest.raises(StoreError) as caught:
+        await store.list_sagas()
+    assert not isinstance(caught.value, StoreUnavailableError)
+    assert isinstance(caught.value.__cause__, sqlite3.DatabaseError)
+    await store.close()
+
+
+async def test_locked_database_is_unavailable_then_recovers(tmp_path: Path) -> None:
+    path = tmp_path / "s.db"
+    store = SQLiteSagaStore(path, busy_timeout=0.05)
+    await store.create("s1", _first(), owner="w", lease=10)
+    blocker = sqlite3.connect(path, isolation_level=None)
+    blocker.execute("BEGIN EXCLUSIVE")
+    try:
+        with pytest.raises(StoreUnavailableError, match="locked"):
+            await store.append("s1", [_completed()], expected_version=2, fencing_token=1)
+    finally:
+        blocker.execute("ROLLBACK")
+        blocker.close()
+    assert await store.append("s1", [_completed()], expected_version=2, fencing_token=1) == 3
+    await store.close()
+
+
+def test_driver_errors_map_to_store_errors() -> None:
+    locked = _map_error(sqlite3.OperationalError("database is locked"))
+    assert isinstance(locked, StoreUnavailableError)
+    assert isinstance(locked.__cause__, sqlite3.OperationalError)
+    integrity = _map_error(sqlite3.IntegrityError("UNIQUE constraint failed"))
+    assert type(integrity) is StoreError
+    corrupt = _map_error(sqlite3.DatabaseError("database disk image is malformed"))
+    assert type(corrupt) is StoreError
+    passthrough = ConcurrencyError("s1", expected_version=1, actual_version=2)
+    assert _map_error(passthrough) is passthrough
+
+
+async def test_cancelled_caller_does_not_break_the_store(tmp_path: Path) -> None:
+    store = SQLiteSagaStore(tmp_path / "s.db")
+    task = asyncio.ensure_future(store.create("s1", _first(), owner="w", lease=10))
+    await asyncio.sleep(0)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    # The write may or may not have happened; the store keeps working either way.
+    await store.create("s2", _first(), owner="w", lease=10)
+    assert {s.saga_id for s in await store.list_sagas()} >= {"s2"}
+    await store.close()
+
+
+# -- crash durability ------------------------------------------------------------------
+
+_WRITER = textwrap.dedent(
+    """
+    import asyncio, sys
+    from sagaflow.orchestration.records import RecordKind, SagaRecord
+    from sagaflow.stores import SQLiteSagaStore
+
+    async def main() -> None:
+        store = SQLiteSagaStore(sys.argv[1])
+        first = [SagaRecord(RecordKind.SAGA_STARTED, data={"saga": "crash"})]
+        await store.create("s", first, owner="w", lease=60)
+        version = 1
+        while True:
+            records = [SagaRecord(RecordKind.STEP_STARTED, "x", version)]
+            version = await store.append("s", records, expected_version=version, fencing_token=1)
+            print(version, flush=True)  # acknowledged: must survive kill -9
+
+    asyncio.run(main())
+    """
+)
+
+
+def _write_until_killed(path: Path, count: int) -> int:
+    """Run the writer in a subprocess, SIGKILL it after ``count`` acknowledged appends."""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _WRITER, str(path)], stdout=subprocess.PIPE, text=True
+    )
+    assert proc.stdout is not None
+    acknowledged = 0
+    for line in proc.stdout:
+        acknowledged = int(line)
+        if acknowledged >= count:
+            break
+    proc.kill()  # SIGKILL: no cleanup, no final commit
+    proc.wait()
+    proc.stdout.close()
+    return acknowledged
+
+
+def test_acknowledged_writes_survive_kill_9(tmp_path: Path) -> None:
+    path = tmp_path / "crash.db"
+    acknowledged = _write_until_killed(path, 200)
+
+    async def check() -> None:
+        store = SQLiteSagaStore(path)
+        log = await store.load("s")
+        assert log.version >= acknowledged
+        assert [r.attempt for r in log.records[1:]] == list(range(1, log.version))
+        await store.close()
+
+    asyncio.run(check())
