@@ -1,0 +1,106 @@
+"""open_store URLs, lazy imports of the durable stores, and URL masking."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from sagaflow.errors import ConfigurationError
+from sagaflow.stores import MemorySagaStore, PostgresSagaStore, SQLiteSagaStore, open_store
+from sagaflow.stores._common import mask_url
+
+
+async def test_memory_url() -> None:
+    store = open_store("memory://")
+    assert isinstance(store, MemorySagaStore)
+    await store.close()
+
+
+@pytest.mark.parametrize(
+    ("url", "path"),
+    [
+        ("sqlite:///sagas.db", "sagas.db"),
+        ("sqlite:////var/lib/app/sagas.db", "/var/lib/app/sagas.db"),
+        ("sqlite:///dir%20x/s.db", "dir x/s.db"),
+        ("sqlite://:memory:", ":memory:"),
+    ],
+)
+async def test_sqlite_urls(url: str, path: str) -> None:
+    store = open_store(url)
+    assert isinstance(store, SQLiteSagaStore)
+    assert store.path == path
+    await store.close()
+
+
+async def test_sqlite_url_passes_options(tmp_path: Path) -> None:
+    store = open_store(f"sqlite:///{tmp_path}/s.db", synchronous="NORMAL", table_prefix="x_")
+    assert isinstance(store, SQLiteSagaStore)
+    await store.list_sagas()
+    await store.close()
+
+
+async def test_postgres_url_with_schema() -> None:
+    store = open_store("postgresql://u:secret@db.example:5432/app?schema=orders&sslmode=prefer")
+    assert isinstance(store, PostgresSagaStore)
+    assert store.schema == "orders"
+    assert "secret" not in repr(store)
+    assert "sslmode=prefer" in repr(store)
+    await store.close()
+
+
+@pytest.mark.parametrize(
+    "url", ["redis://u:pw@localhost/0", "mysql://x", "no-scheme-here", "sqlite://", "sqlite:/x"]
+)
+def test_bad_urls_are_configuration_errors(url: str) -> None:
+    with pytest.raises(ConfigurationError) as caught:
+        open_store(url)
+    assert "pw" not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("url", "masked"),
+    [
+        ("postgresql://u:s3cret@h:5432/db", "postgresql://u:***@h:5432/db"),
+        ("postgresql://u@h/db?password=s3cret&x=1", "postgresql://u@h/db?password=***&x=1"),
+        ("host=h password=s3cret user=u", "host=h password=*** user=u"),
+        ("postgresql://u@h/db", "postgresql://u@h/db"),
+    ],
+)
+def test_mask_url(url: str, masked: str) -> None:
+    assert mask_url(url) == masked
+
+
+def test_importing_stores_does_not_import_drivers() -> None:
+    code = textwrap.dedent(
+        """
+        import sys
+        import sagaflow.stores
+        assert "psycopg" not in sys.modules, "psycopg imported"
+        assert "psycopg_pool" not in sys.modules, "psycopg_pool imported"
+        assert "sagaflow.stores.sqlite" not in sys.modules
+        """
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_missing_psycopg_names_the_extra() -> None:
+    code = textwrap.dedent(
+        """
+        import sys
+        sys.modules["psycopg"] = None  # as if not installed
+        from sagaflow.errors import MissingDependencyError
+        import sagaflow.stores
+        try:
+            sagaflow.stores.PostgresSagaStore
+        except MissingDependencyError as exc:
+            assert exc.extra == "postgres", exc.extra
+            assert 'sagaflow[postgres]' in str(exc)
+        else:
+            raise AssertionError("no MissingDependencyError")
+        """
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
