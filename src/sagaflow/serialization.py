@@ -18,13 +18,19 @@ dead letter.
 
 from __future__ import annotations
 
+import enum
 import hashlib
 import hmac
 import re
+import types
+import typing
+import uuid
 from collections.abc import Mapping
-from typing import Protocol, runtime_checkable
+from datetime import date, datetime, time, timedelta
+from decimal import Decimal
+from typing import Any, Protocol, runtime_checkable
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from sagaflow.envelope import (
     H_CAUSATION,
@@ -180,6 +186,95 @@ def _digest(secret: bytes, headers: Mapping[str, str], body: bytes) -> str:
     return mac.hexdigest()
 
 
+class _LocalMessage(Message):
+    """A message encoded by this process, remembering the envelope it came from.
+
+    Transports that hand the very same object to a consumer (the memory
+    transport) let `JsonSerializer.decode` return that envelope instead of
+    parsing the bytes again. Anything that crossed a process boundary is a plain
+    `Message` and takes the full decoding path.
+    """
+
+    __slots__ = ("_origin",)
+    _origin: tuple[JsonSerializer, Envelope[Event]]
+
+
+# Same technique as envelope._make_envelope: a frozen dataclass built through its
+# slot descriptors, several times cheaper than its generated __init__.
+_set_msg_id, _set_msg_topic, _set_msg_body, _set_msg_headers, _set_msg_key, _set_origin = (
+    getattr(_LocalMessage, name).__set__
+    for name in ("id", "topic", "body", "headers", "key", "_origin")
+)
+
+
+def _local_message(
+    envelope: Envelope[Event],
+    topic: str,
+    body: bytes,
+    headers: Mapping[str, str],
+    origin: JsonSerializer,
+) -> _LocalMessage:
+    message: _LocalMessage = object.__new__(_LocalMessage)
+    _set_msg_id(message, envelope.id)
+    _set_msg_topic(message, topic)
+    _set_msg_body(message, body)
+    _set_msg_headers(message, headers)
+    _set_msg_key(message, envelope.partition_key)
+    _set_origin(message, (origin, envelope))
+    return message
+
+
+_IMMUTABLE_LEAVES: tuple[type, ...] = (
+    str,
+    int,
+    float,
+    bool,
+    bytes,
+    type(None),
+    Decimal,
+    uuid.UUID,
+    datetime,
+    date,
+    time,
+    timedelta,
+    enum.Enum,
+)
+_shareable_cache: dict[type[BaseModel], bool] = {}
+
+
+def shareable(cls: type[BaseModel]) -> bool:
+    """Return whether instances of the frozen model ``cls`` are deeply immutable.
+
+    Only then may one decoded instance be shared by the handlers of several
+    groups: none of them can change what another sees.
+    """
+    found = _shareable_cache.get(cls)
+    if found is None:
+        _shareable_cache[cls] = False  # recursive models: assume not, then decide
+        found = bool(cls.model_config.get("frozen")) and all(
+            _immutable(field.annotation) for field in cls.model_fields.values()
+        )
+        _shareable_cache[cls] = found
+    return found
+
+
+def _immutable(annotation: Any) -> bool:
+    origin = typing.get_origin(annotation)
+    if origin is None:
+        if isinstance(annotation, type):
+            if issubclass(annotation, BaseModel):
+                return shareable(annotation)
+            return issubclass(annotation, _IMMUTABLE_LEAVES)
+        return False
+    if origin is typing.Literal:
+        return True
+    if origin is typing.Annotated:
+        return _immutable(typing.get_args(annotation)[0])
+    if origin in (typing.Union, types.UnionType, tuple, frozenset):
+        return all(a is Ellipsis or _immutable(a) for a in typing.get_args(annotation))
+    return False
+
+
 class JsonSerializer:
     """JSON serializer through pydantic, with a size limit and optional signing.
 
@@ -222,17 +317,25 @@ class JsonSerializer:
 
     def encode(self, envelope: Envelope[Event], *, topic: str) -> Message:
         """Return the message carrying ``envelope`` on ``topic``; see `Serializer.encode`."""
-        body = self.encode_body(envelope.event)
-        if self.signer is None:
-            return envelope.to_message(topic, body)
+        event = envelope.event
+        body = self.encode_body(event)
         headers = envelope.to_headers()
-        headers.update(self.signer.sign(headers, body))
-        return Message(
-            id=envelope.id, topic=topic, body=body, headers=headers, key=envelope.partition_key
-        )
+        if self.signer is not None:
+            headers.update(self.signer.sign(headers, body))
+        if not shareable(type(event)):
+            return Message(
+                id=envelope.id, topic=topic, body=body, headers=headers, key=envelope.partition_key
+            )
+        return _local_message(envelope, topic, body, headers, self)
 
     def decode(self, message: Message) -> Envelope[Event]:
         """Return the envelope carried by ``message``; see `Serializer.decode`."""
+        if type(message) is _LocalMessage:
+            origin, envelope = message._origin
+            # Encoded by this very serializer, never left the process, and the
+            # event is deeply immutable: decoding would rebuild an equal envelope.
+            if origin is self:
+                return envelope
         body = message.body
         if len(body) > self.max_size:
             raise MessageTooLargeError(len(body), self.max_size)

@@ -36,7 +36,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from types import TracebackType
 from typing import TypeVar
 
-from sagaflow.choreography.consumer import Consumer
+from sagaflow.choreography.consumer import Consumer, Limiter
 from sagaflow.choreography.context import CURRENT
 from sagaflow.choreography.dead_letters import (
     DeadLetter,
@@ -167,7 +167,7 @@ class EventBus:
         self._close_transport = transport is None if close_transport is None else close_transport
         self._subscriptions: list[Subscription] = []
         self._pipelines: dict[Subscription, Pipeline] = {}
-        self._limiters: dict[Subscription, asyncio.Semaphore] = {}
+        self._limiters: dict[Subscription, Limiter] = {}
         self._consumers: dict[tuple[Subscription, str], Consumer] = {}
         self._topics: dict[str, str] = {}
         self._routes: dict[type[Event], bool] = {}
@@ -477,7 +477,10 @@ class EventBus:
             causation_id=causation_id,
             traceparent=traceparent,
         )
-        await self._publish_envelopes((envelope,))
+        if self._state == "running" and not self._starting:
+            await self._publish((envelope,))  # the common case, one call shorter
+        else:
+            await self._publish_envelopes((envelope,))
         return envelope
 
     async def publish_many(
@@ -513,19 +516,26 @@ class EventBus:
 
     async def _send(self, envelopes: Sequence[Envelope[Event]]) -> None:
         encode = self.serializer.encode
-        topic_for = self.topic_for
-        messages = [encode(env, topic=topic_for(env.type)) for env in envelopes]
         routes = self._routes
+        topics = self._topics
+        messages = []
+        unrouted = False
         for envelope in envelopes:
-            if type(envelope.event) not in routes:
-                await self._route(type(envelope.event), envelope.type)
+            cls = type(envelope.event)
+            routed = routes.get(cls)
+            if routed is None:
+                routed = await self._route(cls, envelope.type)
+            unrouted = unrouted or not routed
+            topic = topics.get(envelope.type) or self.topic_for(envelope.type)
+            messages.append(encode(envelope, topic=topic))
         await self.transport.publish(messages)
         self.stats.published += len(messages)
-        for envelope in envelopes:
-            if not self._routes.get(type(envelope.event)):
-                self._unrouted(envelope)
+        if unrouted:
+            for envelope in envelopes:
+                if not routes.get(type(envelope.event)):
+                    self._unrouted(envelope)
 
-    async def _route(self, cls: type[Event], type_name: str) -> None:
+    async def _route(self, cls: type[Event], type_name: str) -> bool:
         """Work out (and cache) whether a local subscription handles ``cls``.
 
         A class registered after a subscription to one of its bases started gets
@@ -537,6 +547,7 @@ class EventBus:
             for subscription in matching:
                 await self._start_consumer(subscription, topic)
         self._routes[cls] = bool(matching)
+        return bool(matching)
 
     def _unrouted(self, envelope: Envelope[Event]) -> None:
         self.stats.unrouted += 1
@@ -630,5 +641,5 @@ class EventBus:
             stats=self.stats,
             on_dead_letter=self.on_dead_letter,
         )
-        self._limiters[subscription] = asyncio.Semaphore(subscription.concurrency)
+        self._limiters[subscription] = Limiter(subscription.concurrency)
         return pipeline

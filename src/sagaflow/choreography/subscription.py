@@ -166,58 +166,79 @@ class Pipeline:
     async def process(self, delivery: Delivery, *, replay: bool = False) -> bool:
         """Handle one delivery and settle it; return whether it was acked.
 
-        Never raises for a failing handler or bad input; cancellation propagates
-        and leaves the delivery unsettled (to be redelivered).
+        Never raises (a failing handler, bad input, a refusing transport are all
+        settled or logged); cancellation propagates and leaves the delivery
+        unsettled, to be redelivered.
         """
         try:
-            envelope = self.serializer.decode(delivery.message)
-        except Exception as exc:
-            # Whatever the input, it is parked with its reason, never dropped.
-            self.stats.undecodable += 1
-            await self._give_up(delivery, exc, f"undecodable message: {_describe(exc)}", 0)
+            try:
+                envelope = self.serializer.decode(delivery.message)
+            except Exception as exc:
+                # Whatever the input, it is parked with its reason, never dropped.
+                self.stats.undecodable += 1
+                await self._give_up(delivery, exc, f"undecodable message: {_describe(exc)}", 0)
+                return False
+            if not isinstance(envelope.event, self.event_type):
+                # A registered type this subscription does not handle: the topic is
+                # shared with other types (see EventBus topic_for).
+                self.stats.skipped += 1
+                return await self._settle(delivery.ack())
+            ctx = HandleContext(envelope, self.group, delivery.attempt)
+            try:
+                await self._handle(ctx)
+            except Exception as exc:
+                await self._failed(delivery, ctx, exc, replay)
+                return False
+            if ctx.duplicate:
+                self.stats.duplicates += 1
+            else:
+                self.stats.handled += 1
+            try:
+                await delivery.ack()
+            except Exception as exc:
+                self._settle_failed(exc)
+                return False
+            return True
+        except Exception:
+            # Last resort (a failing dead-letter store, a bug): one bad delivery
+            # must never end consumption. It stays unsettled and comes back.
+            logger.exception("unexpected error handling a delivery of group %r", self.group)
             return False
-        if not isinstance(envelope.event, self.event_type):
-            self.stats.skipped += 1
-            return await self._settle(delivery.ack())
-        ctx = HandleContext(envelope, self.group, delivery.attempt)
-        try:
-            await self._handle(ctx)
-        except Exception as exc:
-            await self._failed(delivery, ctx, exc, replay)
-            return False
-        if ctx.duplicate:
-            self.stats.duplicates += 1
-        else:
-            self.stats.handled += 1
-        return await self._settle(delivery.ack())
 
     async def _core(self, ctx: HandleContext) -> None:
         envelope = ctx.envelope
-        if await self.inbox.seen(self.group, envelope.id):
+        group = self.group
+        if await self.inbox.seen(group, envelope.id):
             ctx.duplicate = True
             return
         token = CURRENT.set(envelope)
         try:
-            await self._attempts(ctx)
+            ctx.attempts = 1
+            started = self.clock.monotonic() if self.subscription.retry.deadline else 0.0
+            try:
+                await self._call(envelope.event)
+            except Exception as exc:
+                await self._retry(ctx, exc, started)
         finally:
             CURRENT.reset(token)
-        await self.inbox.mark(self.group, envelope.id)
+        await self.inbox.mark(group, envelope.id)
 
-    async def _attempts(self, ctx: HandleContext) -> None:
-        event = ctx.envelope.event
+    async def _retry(self, ctx: HandleContext, error: Exception, started: float) -> None:
+        """Retry the handler after ``error`` per the retry policy; raise when it gives up."""
         policy = self.subscription.retry
-        started = self.clock.monotonic()
+        event = ctx.envelope.event
         while True:
+            elapsed = self.clock.monotonic() - started if policy.deadline else 0.0
+            if not policy.should_retry(error, attempt=ctx.attempts, elapsed=elapsed):
+                raise error
+            self.stats.retries += 1
+            await self.clock.sleep(policy.delay(ctx.attempts, self.rng))
             ctx.attempts += 1
             try:
                 await self._call(event)
                 return
             except Exception as exc:
-                elapsed = self.clock.monotonic() - started
-                if not policy.should_retry(exc, attempt=ctx.attempts, elapsed=elapsed):
-                    raise
-                self.stats.retries += 1
-                await self.clock.sleep(policy.delay(ctx.attempts, self.rng))
+                error = exc
 
     async def _failed(
         self, delivery: Delivery, ctx: HandleContext, error: Exception, replay: bool
@@ -288,10 +309,13 @@ class Pipeline:
         try:
             await settlement
         except Exception as exc:
-            self.stats.settle_errors += 1
-            logger.warning("transport refused to settle a delivery: %s", type(exc).__name__)
+            self._settle_failed(exc)
             return False
         return True
+
+    def _settle_failed(self, error: Exception) -> None:
+        self.stats.settle_errors += 1
+        logger.warning("transport refused to settle a delivery: %s", type(error).__name__)
 
 
 def _caller(handler: Callable[[Any], object]) -> Callable[[Event], Awaitable[object]]:
