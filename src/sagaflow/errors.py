@@ -23,6 +23,7 @@ SagaflowError
 │   ├── CompensationFailedError ... a compensation failed beyond its retry policy
 │   ├── SagaDeadlineExceededError . the saga ran past its deadline
 │   ├── SagaCancelledError ........ the saga was cancelled by its caller
+│   ├── SagaStateError ............ the saga is not in a state that allows the operation
 │   └── DefinitionMismatchError ... recovery found a log written by another definition
 ├── StoreError .................... a saga store (or other durable store) failed
 │   ├── StoreUnavailableError ..... the database could not be reached (retryable)
@@ -55,6 +56,7 @@ __all__ = [
     "SagaCancelledError",
     "SagaDeadlineExceededError",
     "SagaError",
+    "SagaStateError",
     "SagaNotFoundError",
     "SagaflowError",
     "SchemaError",
@@ -217,6 +219,18 @@ class SagaDeadlineExceededError(SagaError):
 
 class SagaCancelledError(SagaError):
     """The saga's caller cancelled it; its compensations ran."""
+
+
+class SagaStateError(SagaError):
+    """The saga is not in a state that allows the operation (e.g. resuming one not parked).
+
+    Attributes:
+        status: The saga's current status, as a string.
+    """
+
+    def __init__(self, message: str, *, saga_id: str, status: str) -> None:
+        self.status = status
+        super().__init__(message, saga_id=saga_id)
 
 
 class DefinitionMismatchError(SagaError):

@@ -18,6 +18,7 @@ import logging
 import random
 import uuid
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
 from pydantic import BaseModel, ValidationError
@@ -36,6 +37,7 @@ from sagaflow.errors import (
 from sagaflow.orchestration.context import StepContext
 from sagaflow.orchestration.definition import Saga, Step, StepKind, StepResult, _Plan
 from sagaflow.orchestration.hooks import HookDispatcher, SagaHooks, fire
+from sagaflow.orchestration.operator import resume_parked
 from sagaflow.orchestration.records import (
     Claim,
     RecordKind,
@@ -49,7 +51,7 @@ from sagaflow.orchestration.store import SagaStore
 from sagaflow.retry import RetryPolicy
 from sagaflow.stores.memory import MemorySagaStore
 
-__all__ = ["Orchestrator"]
+__all__ = ["Orchestrator", "RecoveryReport"]
 
 S = TypeVar("S", bound=BaseModel)
 
@@ -78,6 +80,10 @@ class Orchestrator:
         lease: Seconds a saga stays leased to this worker without a heartbeat.
         store_retry: How writes to the store are retried when the store is unavailable.
         seed: Seed for retry jitter, for reproducible runs.
+        sagas: Definitions this worker can recover (see `register`).
+        max_recoveries: Takeovers of one saga after which recovery parks it as
+            FAILED instead of trying again (a saga that crashes its worker every
+            time must not loop forever).
     """
 
     def __init__(
@@ -90,6 +96,8 @@ class Orchestrator:
         lease: float = 30.0,
         store_retry: RetryPolicy = DEFAULT_STORE_RETRY,
         seed: int | None = None,
+        sagas: Sequence[Saga[Any]] = (),
+        max_recoveries: int = 5,
     ) -> None:
         self.clock: Clock = clock or SystemClock()
         self.store: SagaStore = store if store is not None else MemorySagaStore(clock=self.clock)
@@ -102,6 +110,9 @@ class Orchestrator:
         self._ids = itertools.count(1)
         self._active: dict[str, _Execution[Any]] = {}
         self._heartbeat: asyncio.Task[None] | None = None
+        self._definitions: dict[tuple[str, int], Saga[Any]] = {}
+        self.max_recoveries = max_recoveries
+        self.register(*sagas)
 
     # -- public API ------------------------------------------------------------------
 
@@ -167,6 +178,148 @@ class Orchestrator:
         log = await self.store.load(saga_id)
         check_definition(saga, log)
         return result_from_log(saga, log)
+
+    def register(self, *sagas: Saga[Any]) -> None:
+        """Make definitions known for recovery, keyed by name and version.
+
+        Register every version that may still have instances running, so that
+        old instances finish on the definition that started them.
+        """
+        for saga in sagas:
+            self._definitions[(saga.name, saga.version)] = saga
+
+    async def recover(self, *, limit: int = 100) -> RecoveryReport:
+        """Take over unfinished sagas whose owner stopped, and drive each to its end.
+
+        Claims up to ``limit`` sagas whose lease lapsed (see `SagaStore.claim`) and
+        runs them concurrently. A step whose outcome is unknown is run again with its
+        idempotency key; a saga that was compensating goes on compensating.
+
+        Returns:
+            What was finished, refused (no matching registered definition: the
+            lease is released for a worker that has it) or failed (store errors).
+        """
+        claims = await self.store.claim(owner=self.owner, lease=self.lease, limit=limit)
+        outcomes = await asyncio.gather(
+            *(self._recover_claim(claim) for claim in claims), return_exceptions=True
+        )
+        report = RecoveryReport()
+        for claim, outcome in zip(claims, outcomes, strict=True):
+            if isinstance(outcome, DefinitionMismatchError):
+                report.refused.append((claim.saga_id, outcome))
+            elif isinstance(outcome, BaseException):
+                if not isinstance(outcome, Exception):  # cancellation, exit: not ours to keep
+                    raise outcome
+                report.errors.append((claim.saga_id, outcome))
+            else:
+                report.finished.append(outcome)
+        return report
+
+    async def work(
+        self,
+        *,
+        poll_interval: float = 1.0,
+        concurrency: int = 64,
+        stop: asyncio.Event | None = None,
+    ) -> None:
+        """Recover sagas continuously until ``stop`` is set (worker mode).
+
+        Several workers may share one store: each claims different sagas, and a
+        worker whose lease lapsed is fenced out by the store.
+
+        Args:
+            poll_interval: Seconds between claims when there was nothing to do.
+            concurrency: Most sagas driven at once by this worker.
+            stop: Set it to stop claiming; sagas in progress are finished first.
+        """
+        stop = stop or asyncio.Event()
+        running: set[asyncio.Task[Any]] = set()
+        while not stop.is_set():
+            claimed = 0
+            free = concurrency - len(running)
+            if free > 0:
+                try:
+                    claims = await self.store.claim(owner=self.owner, lease=self.lease, limit=free)
+                except StoreUnavailableError:
+                    _log.warning("worker %s: store unavailable; will retry", self.owner)
+                    claims = []
+                claimed = len(claims)
+                for claim in claims:
+                    task = asyncio.ensure_future(self._recover_claim(claim))
+                    running.add(task)
+                    task.add_done_callback(_worker_task_done(running))
+            if claimed == 0 or claimed == free:
+                await _wait_or_stop(self.clock, poll_interval, stop)
+        if running:
+            await asyncio.gather(*running, return_exceptions=True)
+
+    async def resume(
+        self, saga: Saga[S], saga_id: str, *, skip_reason: str | None = None
+    ) -> SagaResult[S]:
+        """Resume a parked (FAILED) saga now, in this process, and return its result.
+
+        The failed compensation, or the failed step after the pivot, is tried again.
+        With ``skip_reason`` the failed compensation is skipped instead (the reason
+        is recorded) and compensation goes on with the earlier steps.
+
+        Raises:
+            SagaStateError: The saga is not parked.
+            DefinitionMismatchError: ``saga`` is not the definition that started it.
+        """
+        log = await self.store.load(saga_id)
+        check_definition(saga, log)
+        claim, log = await resume_parked(
+            self.store,
+            saga_id,
+            owner=self.owner,
+            lease=self.lease,
+            skip_reason=skip_reason,
+            release=False,
+            clock=self.clock,
+        )
+        return await self._continue(saga, log, claim, recovered=False)
+
+    async def skip(self, saga: Saga[S], saga_id: str, *, reason: str) -> SagaResult[S]:
+        """Skip a parked saga's failed compensation (recording ``reason``) and go on."""
+        return await self.resume(saga, saga_id, skip_reason=reason)
+
+    async def _recover_claim(self, claim: Claim) -> SagaResult[Any]:
+        log = await self.store.load(claim.saga_id)
+        saga = self._definitions.get((log.saga_name, log.definition_version))
+        if saga is None:
+            await self.store.release(claim.saga_id, fencing_token=claim.fencing_token)
+            known = sorted(f"{name}@{version}" for name, version in self._definitions)
+            found = f"{log.saga_name}@{log.definition_version}"
+            raise DefinitionMismatchError(
+                f"saga {claim.saga_id!r} was started by definition {found}, which this "
+                f"worker does not have (registered: {known or 'none'}); register it",
+                saga_id=claim.saga_id,
+                expected=found,
+                actual=", ".join(known),
+            )
+        return await self._continue(saga, log, claim, recovered=True)
+
+    async def _continue(
+        self, saga: Saga[S], log: SagaLog, claim: Claim, *, recovered: bool
+    ) -> SagaResult[S]:
+        execution, backward = _Execution.from_log(self, saga, log, claim)
+        if recovered:
+            count = _recoveries_since_resume(log) + 1
+            if count > self.max_recoveries:
+                error = {
+                    "type": "RecoveryLimitExceeded",
+                    "message": f"recovered {count - 1} times without finishing; parked",
+                    "step": "",
+                }
+                return execution.finish(await execution.park(error))
+            execution.record(RecordKind.SAGA_RECOVERED, data={"owner": self.owner, "count": count})
+        hooks = self.hooks
+        if hooks.saga_started:
+            fire(hooks.saga_started, execution.saga_id, saga.name)
+        deadline = None
+        if saga.deadline is not None and not backward:
+            deadline = max(saga.deadline - (self.clock.now() - log.records[0].at), 0.0) or 1e-9
+        return await execution.run(deadline, backward=backward)
 
     async def close(self) -> None:
         """Stop the lease heartbeat. Sagas still running keep running; idempotent."""
@@ -319,6 +472,55 @@ def result_from_log(saga: Saga[S], log: SagaLog) -> SagaResult[S]:
     )
 
 
+@dataclass
+class RecoveryReport:
+    """What `Orchestrator.recover` did.
+
+    Attributes:
+        finished: Results of the sagas driven to an end (or parked).
+        refused: Sagas left for another worker: no registered definition matches.
+        errors: Sagas whose recovery stopped on an error (e.g. the store went away);
+            their lease lapses and they are claimed again later.
+    """
+
+    finished: list[SagaResult[Any]] = field(default_factory=list)
+    refused: list[tuple[str, DefinitionMismatchError]] = field(default_factory=list)
+    errors: list[tuple[str, BaseException]] = field(default_factory=list)
+
+
+def _recoveries_since_resume(log: SagaLog) -> int:
+    count = 0
+    for record in log.records:
+        if record.kind is RecordKind.SAGA_RECOVERED:
+            count += 1
+        elif record.kind is RecordKind.SAGA_RESUMED:
+            count = 0
+    return count
+
+
+def _worker_task_done(running: set[asyncio.Task[Any]]) -> Any:
+    def done(task: asyncio.Task[Any]) -> None:
+        running.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            error = task.exception()
+            if isinstance(error, DefinitionMismatchError):
+                _log.warning("worker: %s", error)
+            else:
+                _log.error("worker: recovery failed", exc_info=error)
+
+    return done
+
+
+async def _wait_or_stop(clock: Clock, seconds: float, stop: asyncio.Event) -> None:
+    sleeper = asyncio.ensure_future(clock.sleep(seconds))
+    stopper = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait({sleeper, stopper}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        sleeper.cancel()
+        stopper.cancel()
+
+
 class _StepOutcome:
     """How one step's run ended (internal)."""
 
@@ -354,6 +556,63 @@ class _Execution(Generic[S]):
         self.attempts: dict[str, int] = {}
         self.past_pivot = False
         self.error: dict[str, str] | None = None
+        self.decided: dict[str, str] | None = None  # a failure logged before a crash
+
+    @classmethod
+    def from_log(
+        cls, orch: Orchestrator, saga: Saga[S], log: SagaLog, claim: Claim
+    ) -> tuple[_Execution[S], bool]:
+        """Rebuild an execution from a stored log; return it and whether it goes backward.
+
+        A step started but never finished has an unknown outcome: going forward it is
+        run again (next attempt, same idempotency key); going backward it is
+        compensated like a completed step.
+        """
+        execution = cls(orch, saga, log.saga_id, replay_state(saga, log.records))
+        execution.claim = claim
+        execution.version = log.version
+        execution.log = list(log.records)
+        in_flight: dict[str, None] = {}
+        for record in log.records:
+            execution._replay(record, in_flight)
+        backward = log.status is SagaStatus.COMPENSATING
+        if backward:
+            for name in in_flight:
+                if saga.plan(name).step.kind is StepKind.COMPENSATABLE:
+                    execution.undo.setdefault(name, None)
+        stages = saga.stages
+        while execution.stage < len(stages) and all(
+            step.name in execution.done for step in stages[execution.stage]
+        ):
+            execution.stage += 1
+        return execution, backward
+
+    def _replay(self, record: SagaRecord, in_flight: dict[str, None]) -> None:
+        kind, name, data = record.kind, record.step, record.data or {}
+        if kind is RecordKind.STEP_STARTED and name:
+            self.attempts[name] = max(self.attempts.get(name, 0), record.attempt)
+            in_flight[name] = None
+        elif kind is RecordKind.STEP_COMPLETED and name:
+            in_flight.pop(name, None)
+            self._finish_step(self.saga.plan(name).step, completed=True, uncertain=False)
+        elif kind is RecordKind.STEP_FAILED and name:
+            in_flight.pop(name, None)
+            if data.get("final"):
+                uncertain = bool(data.get("uncertain"))
+                self._finish_step(self.saga.plan(name).step, completed=False, uncertain=uncertain)
+                cancelled = (data.get("error") or {}).get("type") == "CancelledError"
+                if self.decided is None and not cancelled:
+                    self.decided = {**data.get("error", {}), "step": name}
+        elif kind is RecordKind.COMPENSATION_STARTED and name:
+            key = f"{name}:compensate"
+            self.attempts[key] = max(self.attempts.get(key, 0), record.attempt)
+        elif kind in (RecordKind.COMPENSATION_COMPLETED, RecordKind.COMPENSATION_SKIPPED) and name:
+            self.compensated.add(name)
+        elif kind in (RecordKind.SAGA_COMPENSATING, RecordKind.SAGA_FAILED):
+            self.error = data.get("error")
+            self.decided = None
+        elif kind is RecordKind.SAGA_RESUMED:
+            self.decided = None
 
     # -- log writing -----------------------------------------------------------------
 
@@ -417,25 +676,23 @@ class _Execution(Generic[S]):
 
     # -- the run ---------------------------------------------------------------------
 
-    async def run(self, deadline: float | None) -> SagaResult[S]:
+    async def run(self, deadline: float | None, *, backward: bool = False) -> SagaResult[S]:
+        """Drive the saga to its end: forward, or (when resumed so) backward."""
         orch = self.orch
         orch._activate(self)
-        hooks = orch.hooks
         try:
-            try:
-                failure = await self.forward(deadline)
-            except asyncio.CancelledError:
-                cancelled = SagaCancelledError("the saga was cancelled", saga_id=self.saga_id)
-                await _shielded(self.turn_back(cancelled, None))
-                raise
-            if failure is None:
-                self.record(RecordKind.SAGA_COMPLETED)
-                await self.flush()
-                status = SagaStatus.COMPLETED
+            if backward:
+                status = await _shielded(self.undo_all())
+            elif self.decided is not None:
+                status = await _shielded(self.turn_back(self.decided))
             else:
-                status = await _shielded(self.turn_back(*failure))
+                status = await self._forward_then_finish(deadline)
         finally:
             orch._active.pop(self.saga_id, None)
+        return self.finish(status)
+
+    def finish(self, status: SagaStatus) -> SagaResult[S]:
+        """Build the result and tell the hooks."""
         result = SagaResult(
             saga_id=self.saga_id,
             saga_name=self.saga.name,
@@ -444,9 +701,24 @@ class _Execution(Generic[S]):
             records=tuple(self.log),
             error=self.error,
         )
+        hooks = self.orch.hooks
         if hooks.saga_finished:
             fire(hooks.saga_finished, result)
         return result
+
+    async def _forward_then_finish(self, deadline: float | None) -> SagaStatus:
+        try:
+            failure = await self.forward(deadline)
+        except asyncio.CancelledError:
+            cancelled = SagaCancelledError("the saga was cancelled", saga_id=self.saga_id)
+            await _shielded(self.turn_back(_error_data(cancelled, None)))
+            raise
+        if failure is not None:
+            status: SagaStatus = await _shielded(self.turn_back(_error_data(*failure)))
+            return status
+        self.record(RecordKind.SAGA_COMPLETED)
+        await self.flush()
+        return SagaStatus.COMPLETED
 
     async def forward(self, deadline: float | None) -> tuple[BaseException, str | None] | None:
         """Run the remaining stages; return (error, failed step) or None if all completed."""
@@ -483,10 +755,18 @@ class _Execution(Generic[S]):
         if self.lock is None:
             self.lock = asyncio.Lock()
         snapshot = self.state
+        branches = [step for step in stage if step.name not in self.done]
+        # One write logs every branch as started before any of them runs.
+        for step in branches:
+            attempt = self.attempts.get(step.name, 0) + 1
+            self.attempts[step.name] = attempt
+            self.record(_STARTED, step.name, attempt)
+        await self.flush()
         tasks = {
-            asyncio.ensure_future(self.run_step(step, self.saga.plan(step.name), snapshot)): step
-            for step in stage
-            if step.name not in self.done
+            asyncio.ensure_future(
+                self.run_step(step, self.saga.plan(step.name), snapshot, logged=True)
+            ): step
+            for step in branches
         }
         failure: tuple[BaseException, str] | None = None
         try:
@@ -505,20 +785,27 @@ class _Execution(Generic[S]):
             await asyncio.gather(*tasks, return_exceptions=True)
         return failure
 
-    async def run_step(self, step: Step, plan: _Plan, snapshot: S | None = None) -> _StepOutcome:
-        """Run a step's action under its retry policy; return its outcome."""
+    async def run_step(
+        self, step: Step, plan: _Plan, snapshot: S | None = None, *, logged: bool = False
+    ) -> _StepOutcome:
+        """Run a step's action under its retry policy; return its outcome.
+
+        ``logged`` means the first attempt's STARTED record is already durable.
+        """
         orch = self.orch
         hooks = orch.hooks
         clock = orch.clock
         policy = plan.retry
         name = step.name
-        attempt = self.attempts.get(name, 0) + 1
+        attempt = self.attempts.get(name, 0) + (0 if logged else 1)
         uncertain = False
         first_start = clock.monotonic()
         while True:
-            self.attempts[name] = attempt
-            self.record(_STARTED, name, attempt)
-            await self.flush()
+            if not logged:
+                self.attempts[name] = attempt
+                self.record(_STARTED, name, attempt)
+                await self.flush()
+            logged = False
             if hooks.step_started:
                 fire(hooks.step_started, self.saga_id, name, attempt)
             context = StepContext(
@@ -591,12 +878,16 @@ class _Execution(Generic[S]):
 
     # -- turning back ----------------------------------------------------------------
 
-    async def turn_back(self, error: BaseException, step: str | None) -> SagaStatus:
+    async def turn_back(self, error: dict[str, str]) -> SagaStatus:
         """Compensate everything done (or park the saga past the pivot)."""
-        self.error = {**error_info(error), "step": step or ""}
+        self.error = error
         if self.past_pivot:
-            return await self.park(self.error)
-        self.record(RecordKind.SAGA_COMPENSATING, data={"error": self.error})
+            return await self.park(error)
+        self.record(RecordKind.SAGA_COMPENSATING, data={"error": error})
+        return await self.undo_all()
+
+    async def undo_all(self) -> SagaStatus:
+        """Run the outstanding compensations, newest first, then finish."""
         for name in reversed(list(self.undo)):
             if name in self.compensated:
                 continue
@@ -666,6 +957,10 @@ class _Execution(Generic[S]):
 
 
 _CANCELLED = {"type": "CancelledError", "message": "the attempt was cancelled"}
+
+
+def _error_data(error: BaseException, step: str | None) -> dict[str, str]:
+    return {**error_info(error), "step": step or ""}
 
 
 async def _call(fn: Any, is_async: bool, context: StepContext[Any]) -> StepResult:

@@ -83,6 +83,8 @@ class RecordKind(enum.StrEnum):
     """Parked: data: ``{"error": ErrorInfo}``."""
     SAGA_RESUMED = "saga_resumed"
     """An operator resumed a parked saga; data: ``{"phase": "forward"|"compensating"}``."""
+    SAGA_RECOVERED = "saga_recovered"
+    """A worker took over an unfinished saga after its owner stopped; data: ``{"owner": str}``."""
 
 
 _STATUS_AFTER: dict[RecordKind, SagaStatus] = {
