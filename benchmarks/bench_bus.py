@@ -1,8 +1,11 @@
 """Event-bus throughput: sagaflow's in-memory EventBus against a direct await and peers.
 
 N small events go through each contender to 1 and to 4 subscribers; a run ends
-when every subscriber has handled every event. Each figure is the median of
-several runs, in events/s (events published per second, all subscribers done).
+when every subscriber has handled every event. The producer builds each event
+(a small pydantic model) inside the timed loop, for every contender alike, as a
+real producer would. Contenders take turns within each round (so that a load
+change on a shared machine hits them all), and each figure is the median over
+the rounds, in events/s (events published per second, all subscribers done).
 
 * direct:   a loop awaiting the async handler(s) directly: the limit.
 * sagaflow: EventBus over MemoryTransport, inbox dedupe and retry enabled
@@ -59,9 +62,9 @@ async def run_direct(n: int, subscribers: int) -> float:
         counter.hit()
 
     handlers = [handler] * subscribers
-    events = [OrderPlaced(order_id=i, sku="sku-1", quantity=1) for i in range(n)]
     started = time.perf_counter()
-    for event in events:
+    for i in range(n):
+        event = OrderPlaced(order_id=i, sku="sku-1", quantity=1)
         for h in handlers:
             await h(event)
     await counter.done.wait()
@@ -77,11 +80,10 @@ async def run_sagaflow(n: int, subscribers: int) -> float:
             counter.hit()
 
         bus.subscribe(OrderPlaced, handler, group=f"bench-{i}")
-    events = [OrderPlaced(order_id=i, sku="sku-1", quantity=1) for i in range(n)]
     async with bus:
         started = time.perf_counter()
-        for event in events:
-            await bus.publish(event)
+        for i in range(n):
+            await bus.publish(OrderPlaced(order_id=i, sku="sku-1", quantity=1))
         await counter.done.wait()
         elapsed = time.perf_counter() - started
     assert bus.stats.handled == n * subscribers
@@ -101,10 +103,9 @@ async def run_blinker(n: int, subscribers: int) -> float:
 
         receivers.append(receiver)  # blinker keeps weak references
         signal.connect(receiver)
-    events = [OrderPlaced(order_id=i, sku="sku-1", quantity=1) for i in range(n)]
     started = time.perf_counter()
-    for event in events:
-        signal.send(event)
+    for i in range(n):
+        signal.send(OrderPlaced(order_id=i, sku="sku-1", quantity=1))
     await counter.done.wait()
     return time.perf_counter() - started
 
@@ -120,10 +121,9 @@ async def run_pyee(n: int, subscribers: int) -> float:
             counter.hit()
 
         emitter.on("order.placed", listener)
-    events = [OrderPlaced(order_id=i, sku="sku-1", quantity=1) for i in range(n)]
     started = time.perf_counter()
-    for event in events:
-        emitter.emit("order.placed", event)
+    for i in range(n):
+        emitter.emit("order.placed", OrderPlaced(order_id=i, sku="sku-1", quantity=1))
     await counter.done.wait()
     return time.perf_counter() - started
 
@@ -168,33 +168,37 @@ CONTENDERS: dict[str, tuple[Runner, int]] = {
 }
 
 
-async def measure(runner: Runner, n: int, subscribers: int, runs: int) -> float:
-    rates = []
-    for _ in range(runs):
-        gc.collect()
-        elapsed = await runner(n, subscribers)
-        rates.append(n / elapsed)
-    return statistics.median(rates)
+async def measure(chosen: list[str], n: int, subscribers: int, rounds: int) -> dict[str, float]:
+    rates: dict[str, list[float]] = {name: [] for name in chosen}
+    for _ in range(rounds):
+        for name in chosen:
+            runner, divisor = CONTENDERS[name]
+            events = max(n // divisor, 100)
+            gc.collect()
+            try:
+                elapsed = await runner(events, subscribers)
+            except ImportError as exc:
+                print(f"  {name}: skipped ({exc})")
+                rates.pop(name, None)
+                chosen = [c for c in chosen if c != name]
+                continue
+            rates[name].append(events / elapsed)
+    return {name: statistics.median(values) for name, values in rates.items() if values}
 
 
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=20_000)
-    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--runs", type=int, default=5, help="rounds; medians are reported")
     parser.add_argument("--only", default="", help="comma-separated contenders")
     args = parser.parse_args()
     chosen = [c for c in args.only.split(",") if c] or list(CONTENDERS)
-    print(f"events={args.events} runs={args.runs} (median events/s; bubus uses events/20)")
+    print(
+        f"events={args.events} rounds={args.runs} "
+        f"(median events/s; bubus gets events/{CONTENDERS['bubus'][1]})"
+    )
     for subscribers in (1, 4):
-        results: dict[str, float] = {}
-        for name in chosen:
-            runner, divisor = CONTENDERS[name]
-            try:
-                results[name] = await measure(
-                    runner, max(args.events // divisor, 100), subscribers, args.runs
-                )
-            except ImportError as exc:
-                print(f"  {name}: skipped ({exc})")
+        results = await measure(chosen, args.events, subscribers, args.runs)
         print(f"\n{subscribers} subscriber(s)")
         base = results.get("direct")
         ours = results.get("sagaflow")
@@ -203,7 +207,7 @@ async def main() -> None:
             if base:
                 line += f"   {rate / base:6.3f} x direct"
             if ours and name != "sagaflow":
-                line += f"   sagaflow is {ours / rate:8.2f} x {name}"
+                line += f"   sagaflow = {ours / rate:7.2f} x {name}"
             print(line)
 
 

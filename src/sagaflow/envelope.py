@@ -88,7 +88,8 @@ def new_event_id() -> str:
             _refill_ids()
 
 
-def _check_headers(headers: Mapping[str, str]) -> None:
+def check_headers(headers: Mapping[str, str]) -> None:
+    """Refuse reserved header names and non-string values (internal)."""
     for name, value in headers.items():
         lowered = name.lower()
         if lowered.startswith(_RESERVED_PREFIXES) or lowered in _RESERVED_NAMES:
@@ -175,9 +176,9 @@ class Envelope(Generic[E_co]):
         """
         event_id = id or new_event_id()
         if headers:
-            _check_headers(headers)
+            check_headers(headers)
             headers = dict(headers)
-        return _make_envelope(
+        return make_envelope(
             event,
             event_id,
             type,
@@ -189,7 +190,7 @@ class Envelope(Generic[E_co]):
             causation_id,
             traceparent,
             partition_key,
-            headers or _NO_HEADERS,
+            headers or NO_HEADERS,
         )
 
     def to_headers(self) -> dict[str, str]:
@@ -250,7 +251,7 @@ class Envelope(Generic[E_co]):
         except ValueError:
             raise SerializationError("malformed ce-time header") from None
         free = _free_headers(headers)
-        return _make_envelope(
+        return make_envelope(
             event,
             event_id,
             type_name,
@@ -266,7 +267,7 @@ class Envelope(Generic[E_co]):
         )
 
 
-_NO_HEADERS: Mapping[str, str] = types.MappingProxyType({})
+NO_HEADERS: Mapping[str, str] = types.MappingProxyType({})
 
 # The generated __init__ of a frozen dataclass sets each of its 12 fields through
 # object.__setattr__, which costs more than the rest of a publish together. This
@@ -303,7 +304,7 @@ _FIELDS = (
 _new = object.__new__
 
 
-def _make_envelope(
+def make_envelope(
     event: E,
     id: str,
     type: str,
@@ -317,6 +318,7 @@ def _make_envelope(
     partition_key: str | None,
     headers: Mapping[str, str],
 ) -> Envelope[E]:
+    """Build an `Envelope` from all its fields, in field order, without checks (internal)."""
     envelope: Envelope[E] = _new(Envelope)
     _set_event(envelope, event)
     _set_id(envelope, id)

@@ -25,7 +25,7 @@ import re
 import types
 import typing
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from datetime import date, datetime, time, timedelta
 from decimal import Decimal
 from typing import Any, Protocol, runtime_checkable
@@ -186,6 +186,34 @@ def _digest(secret: bytes, headers: Mapping[str, str], body: bytes) -> str:
     return mac.hexdigest()
 
 
+class _LazyHeaders(Mapping[str, str]):
+    """The headers of an envelope, built on first access (`Envelope.to_headers`)."""
+
+    __slots__ = ("_envelope", "_headers")
+
+    def __init__(self, envelope: Envelope[Event]) -> None:
+        self._envelope = envelope
+        self._headers: dict[str, str] | None = None
+
+    def _built(self) -> dict[str, str]:
+        headers = self._headers
+        if headers is None:
+            headers = self._headers = self._envelope.to_headers()
+        return headers
+
+    def __getitem__(self, name: str) -> str:
+        return self._built()[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._built())
+
+    def __len__(self) -> int:
+        return len(self._built())
+
+    def __repr__(self) -> str:
+        return repr(self._built())
+
+
 class _LocalMessage(Message):
     """A message encoded by this process, remembering the envelope it came from.
 
@@ -319,6 +347,9 @@ class JsonSerializer:
         """Return the message carrying ``envelope`` on ``topic``; see `Serializer.encode`."""
         event = envelope.event
         body = self.encode_body(event)
+        if self.signer is None and shareable(type(event)):
+            # Headers are built on first read: an in-process consumer never reads them.
+            return _local_message(envelope, topic, body, _LazyHeaders(envelope), self)
         headers = envelope.to_headers()
         if self.signer is not None:
             headers.update(self.signer.sign(headers, body))

@@ -189,9 +189,10 @@ class Consumer:
     async def _intake(self, iterator: AsyncIterator[Delivery]) -> None:
         limiter = self._limiter
         process = self.pipeline.process  # never raises but for cancellation
+        next_delivery = iterator.__anext__
         while not self._stopping:
             self._idle = True
-            delivery = await anext(iterator)
+            delivery = await next_delivery()
             if limiter.free > 0:
                 limiter.free -= 1
             else:

@@ -67,6 +67,14 @@ class MemoryInbox:
 
     async def mark(self, group: str, event_id: str) -> None:
         """Remember that ``group`` handled ``event_id``, forgetting the oldest if full."""
+        self.mark_nowait(group, event_id)
+
+    def seen_nowait(self, group: str, event_id: str) -> bool:
+        """`seen` without a coroutine: the bus calls this on its hot path."""
+        return (group, event_id) in self._entries
+
+    def mark_nowait(self, group: str, event_id: str) -> None:
+        """`mark` without a coroutine: the bus calls this on its hot path."""
         entries = self._entries
         entries[(group, event_id)] = None
         if self.max_entries is not None and len(entries) > self.max_entries:
