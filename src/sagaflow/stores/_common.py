@@ -17,13 +17,14 @@ from urllib.parse import urlsplit, urlunsplit
 import pydantic_core
 
 from sagaflow.errors import ConfigurationError, SerializationError
-from sagaflow.orchestration.records import SagaRecord, SagaStatus, status_after
+from sagaflow.orchestration.records import RecordKind, SagaRecord, SagaStatus, status_after
 
 __all__ = [
     "ACTIVE_STATUSES",
     "check_create_records",
     "decode_data",
     "encode_data",
+    "encode_records",
     "mask_url",
     "normalize_data",
     "saga_name_of",
@@ -65,6 +66,28 @@ def encode_data(data: Mapping[str, Any] | None) -> str | None:
         return None
     try:
         return pydantic_core.to_json(dict(data), inf_nan_mode="null").decode()
+    except (pydantic_core.PydanticSerializationError, TypeError, ValueError) as exc:
+        raise SerializationError(f"saga record data is not JSON-serializable: {exc}") from exc
+
+
+def encode_records(records: Sequence[SagaRecord]) -> str:
+    """Encode records as one JSON array of ``{kind, step, attempt, at, data}`` objects.
+
+    Raises:
+        SerializationError: Some record data has no JSON form.
+    """
+    rows = [
+        {
+            "kind": RecordKind(r.kind).value,
+            "step": r.step,
+            "attempt": int(r.attempt),
+            "at": float(r.at),
+            "data": None if r.data is None else dict(r.data),
+        }
+        for r in records
+    ]
+    try:
+        return pydantic_core.to_json(rows, inf_nan_mode="null").decode()
     except (pydantic_core.PydanticSerializationError, TypeError, ValueError) as exc:
         raise SerializationError(f"saga record data is not JSON-serializable: {exc}") from exc
 

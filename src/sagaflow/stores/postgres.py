@@ -61,7 +61,7 @@ from sagaflow.orchestration.records import (  # noqa: E402
 from sagaflow.stores._common import (  # noqa: E402
     ACTIVE_STATUSES,
     check_create_records,
-    encode_data,
+    encode_records,
     mask_url,
     saga_name_of,
     status_change,
@@ -147,7 +147,7 @@ class PostgresSagaStore:
     ) -> Claim:
         """Create a saga leased to ``owner`` (see `SagaStore.create`)."""
         check_create_records(records)
-        params = _record_arrays(records)
+        params = _record_params(records)
         params.update(
             id=saga_id,
             name=saga_name_of(records),
@@ -175,7 +175,7 @@ class PostgresSagaStore:
         fencing_token: int,
     ) -> int:
         """Append atomically with fencing and version checks (see `SagaStore.append`)."""
-        params = _record_arrays(records)
+        params = _record_params(records)
         change = status_change(records)
         params.update(
             id=saga_id,
@@ -356,7 +356,7 @@ async def _noop(conn: _Conn) -> None:
     return None
 
 
-async def _one(conn: _Conn, query: pgsql.Composed, params: _Params) -> tuple[Any, ...] | None:
+async def _one(conn: _Conn, query: str, params: _Params) -> tuple[Any, ...] | None:
     cursor = await conn.execute(query, params)
     row: tuple[Any, ...] | None = await cursor.fetchone()
     return row
@@ -375,14 +375,8 @@ def _check_write(
         raise ConcurrencyError(saga_id, expected_version=expected_version, actual_version=version)
 
 
-def _record_arrays(records: Sequence[SagaRecord]) -> _Params:
-    return {
-        "kinds": [RecordKind(r.kind).value for r in records],
-        "steps": [r.step for r in records],
-        "attempts": [int(r.attempt) for r in records],
-        "ats": [float(r.at) for r in records],
-        "datas": [encode_data(r.data) for r in records],
-    }
+def _record_params(records: Sequence[SagaRecord]) -> _Params:
+    return {"records": encode_records(records)}
 
 
 async def _ensure_schema(conn: _Conn, schema: str, sql: _Sql) -> None:
@@ -428,13 +422,21 @@ def _map_error(exc: Exception, where: str) -> StoreError:
     return StoreError(f"PostgreSQL error{f' {sqlstate}' if sqlstate else ''}: {exc}")
 
 
-def _q(template: str, schema: str) -> pgsql.Composed:
+def _q(template: str, schema: str) -> str:
     """Splice the (validated) schema name into a statement as a quoted identifier.
 
-    ``{s}`` is the schema, ``{seq}`` the name of its sequence as a literal (for ``nextval``).
+    ``{s}`` is the schema as an identifier, ``{name}`` as a string literal, and
+    ``{seq}`` the name of its sequence as a literal (for ``nextval``).
     """
-    return pgsql.SQL(template).format(
-        s=pgsql.Identifier(schema), seq=pgsql.Literal(f'"{schema}".touch_seq')
+    # Rendered once to text: executing a Composed re-renders it on every call.
+    return (
+        pgsql.SQL(template)
+        .format(
+            s=pgsql.Identifier(schema),
+            seq=pgsql.Literal(f'"{schema}".touch_seq'),
+            name=pgsql.Literal(schema),
+        )
+        .as_string(None)
     )
 
 
@@ -445,9 +447,10 @@ class _Sql:
         active = ", ".join(f"'{s.value}'" for s in ACTIVE_STATUSES)
         # A plain catalog query (not to_regclass, which may answer from a stale
         # cache) so that a waiter on the advisory lock sees the winner's tables.
-        self.meta_exists = pgsql.SQL(
-            "SELECT 1 FROM pg_catalog.pg_tables WHERE schemaname = {name} AND tablename = 'meta'"
-        ).format(name=pgsql.Literal(schema))
+        self.meta_exists = _q(
+            "SELECT 1 FROM pg_catalog.pg_tables WHERE schemaname = {name} AND tablename = 'meta'",
+            schema,
+        )
         self.get_version = _q("SELECT value FROM {s}.meta WHERE key = 'schema_version'", schema)
         self.set_version = _q(
             "INSERT INTO {s}.meta (key, value) VALUES ('schema_version', %(version)s)"
@@ -501,12 +504,14 @@ class _Sql:
                 schema,
             ),
         ]
-        records_from_arrays = """
+        # The batch arrives as one JSON array (one parameter, encoded in Rust by
+        # pydantic-core) and is unpacked server-side in order.
+        records_from_json = """
             INSERT INTO {s}.records (saga_id, seq, kind, step, attempt, at, data)
             SELECT %(id)s, %(start)s::int + r.ord::int - 1,
-                   r.kind, r.step, r.attempt, r.at, r.data::json
-            FROM unnest(%(kinds)s::text[], %(steps)s::text[], %(attempts)s::int[],
-                        %(ats)s::float8[], %(datas)s::text[])
+                   r.kind, r.step, r.attempt, r.at, r.data
+            FROM ROWS FROM (json_to_recordset(%(records)s::json)
+                            AS (kind text, step text, attempt int, at float8, data json))
                  WITH ORDINALITY AS r(kind, step, attempt, at, data, ord)
             WHERE EXISTS (SELECT 1 FROM head)"""
         self.create = _q(
@@ -518,7 +523,7 @@ class _Sql:
                 ON CONFLICT (id) DO NOTHING
                 RETURNING id
             ), ins AS ("""
-            + records_from_arrays.replace("%(start)s", "0")
+            + records_from_json.replace("%(start)s", "0")
             + """)
             SELECT id FROM head""",
             schema,
@@ -533,7 +538,7 @@ class _Sql:
                 WHERE id = %(id)s AND token = %(token)s AND version = %(expected)s
                 RETURNING version
             ), ins AS ("""
-            + records_from_arrays.replace("%(start)s", "%(expected)s")
+            + records_from_json.replace("%(start)s", "%(expected)s")
             + """)
             SELECT version FROM head""",
             schema,
