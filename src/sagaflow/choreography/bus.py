@@ -79,6 +79,7 @@ _UNSAFE = re.compile(r"[^A-Za-z0-9_.\-]+")
 def default_group(handler: Callable[..., object]) -> str:
     """Return a group name derived from the handler's module and qualified name."""
     raw = f"{getattr(handler, '__module__', '')}.{getattr(handler, '__qualname__', 'handler')}"
+    raw = raw.replace("<locals>", "locals").replace("<lambda>", "lambda")
     name = _UNSAFE.sub("-", raw).strip("-._")[:200]
     return validate_name("group", name or "handler")
 
@@ -317,9 +318,13 @@ class EventBus:
         """Subscribe every handler to the transport; idempotent.
 
         When it returns, every group exists on the transport (where the transport
-        can say so), so no event published afterwards is missed.
+        can say so), so no event published afterwards is missed. Calling it again
+        on a running bus waits for subscriptions made since to be ready.
         """
         if self._state == "running":
+            # Subscriptions made while running start in the background: wait for them.
+            if self._starting:
+                await asyncio.gather(*list(self._starting))
             return
         if self._state == "stopped":
             raise TransportClosedError("the event bus is stopped")

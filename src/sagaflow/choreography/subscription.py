@@ -125,6 +125,7 @@ class Pipeline:
     __slots__ = (
         "_call",
         "_handle",
+        "_in_flight",
         "_memory_inbox",
         "clock",
         "dead_letters",
@@ -164,7 +165,9 @@ class Pipeline:
         self._call = _caller(subscription.handler)
         # The in-memory inbox answers synchronously: skip two coroutines per event.
         self._memory_inbox = inbox if type(inbox) is MemoryInbox else None
-        self._handle = chain_handle(middleware, self._core)
+        self._in_flight: dict[str, asyncio.Future[None]] = {}
+        core = self._serialized_core if subscription.concurrency > 1 else self._core
+        self._handle = chain_handle(middleware, core)
 
     async def process(self, delivery: Delivery, *, replay: bool = False) -> bool:
         """Handle one delivery and settle it; return whether it was acked.
@@ -207,6 +210,23 @@ class Pipeline:
             # must never end consumption. It stays unsettled and comes back.
             logger.exception("unexpected error handling a delivery of group %r", self.group)
             return False
+
+    async def _serialized_core(self, ctx: HandleContext) -> None:
+        # With concurrency > 1, two copies of one event (a producer retry, a
+        # redelivery) could both pass the inbox check before either marks it.
+        # Copies of one event id therefore run one after the other here; the
+        # later one then finds the inbox mark and is dropped as a duplicate.
+        in_flight = self._in_flight
+        event_id = ctx.envelope.id
+        while (other := in_flight.get(event_id)) is not None:
+            await asyncio.shield(other)
+        done = asyncio.get_running_loop().create_future()
+        in_flight[event_id] = done
+        try:
+            await self._core(ctx)
+        finally:
+            del in_flight[event_id]
+            done.set_result(None)
 
     async def _core(self, ctx: HandleContext) -> None:
         envelope = ctx.envelope
