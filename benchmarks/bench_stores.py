@@ -182,9 +182,17 @@ async def _pg_store_run(url: str, sagas: int, concurrency: int) -> float:
 # -- driver ----------------------------------------------------------------------------
 
 
-async def _median(runs: int, measure: Callable[[], Awaitable[float]]) -> float:
-    await measure()  # warm-up: caches, prepared statements, file creation
-    return statistics.median([await measure() for _ in range(runs)])
+async def _medians(
+    runs: int, raw: Callable[[], Awaitable[float]], store: Callable[[], Awaitable[float]]
+) -> tuple[float, float]:
+    """Median rates of ``raw`` and ``store``, interleaved so that load drifts hit both."""
+    await raw()  # warm-up: caches, file creation, connections
+    await store()
+    raws, stores = [], []
+    for _ in range(runs):
+        raws.append(await raw())
+        stores.append(await store())
+    return statistics.median(raws), statistics.median(stores)
 
 
 def _row(name: str, mode: str, store: float, raw: float) -> None:
@@ -202,19 +210,16 @@ async def _bench_sqlite(args: argparse.Namespace) -> None:
             ("sequential", 1, args.sagas),
             (f"{args.concurrency} concurrent", args.concurrency, args.sagas * 4),
         ):
-            n = iter(range(1_000_000))
 
             async def raw(c: int = concurrency, s: int = sagas) -> float:
-                path = directory / f"raw{next(n)}.db"
+                path = directory / f"raw{uuid.uuid4().hex}.db"
                 return await asyncio.to_thread(_sqlite_raw_run, path, s, c, args.synchronous)
 
             async def store(c: int = concurrency, s: int = sagas) -> float:
-                return await _sqlite_store_run(
-                    directory / f"store{next(n)}.db", s, c, args.synchronous
-                )
+                path = directory / f"store{uuid.uuid4().hex}.db"
+                return await _sqlite_store_run(path, s, c, args.synchronous)
 
-            raw_rate = await _median(args.runs, raw)
-            store_rate = await _median(args.runs, store)
+            raw_rate, store_rate = await _medians(args.runs, raw, store)
             _row("sqlite", mode, store_rate, raw_rate)
             for name in os.listdir(directory):
                 (directory / name).unlink()
@@ -232,8 +237,7 @@ async def _bench_postgres(args: argparse.Namespace) -> None:
         async def store(c: int = concurrency, s: int = sagas) -> float:
             return await _pg_store_run(args.postgres, s, c)
 
-        raw_rate = await _median(args.runs, raw)
-        store_rate = await _median(args.runs, store)
+        raw_rate, store_rate = await _medians(args.runs, raw, store)
         _row("postgres", mode, store_rate, raw_rate)
 
 
@@ -241,7 +245,7 @@ async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--only", choices=["sqlite", "postgres"], default=None)
     parser.add_argument("--sagas", type=int, default=200, help="sagas per sequential run")
-    parser.add_argument("--runs", type=int, default=3, help="timed runs per figure (median)")
+    parser.add_argument("--runs", type=int, default=5, help="timed runs per figure (median)")
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--synchronous", choices=["FULL", "NORMAL"], default="FULL")
     parser.add_argument("--sqlite-dir", default=None, help="directory for the SQLite files")

@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, Final, TypeVar
 
 from sagaflow._optional import require
@@ -36,6 +37,7 @@ require("psycopg", "postgres")
 require("psycopg_pool", "postgres")
 
 import psycopg  # noqa: E402
+import pydantic_core  # noqa: E402
 from psycopg import sql as pgsql  # noqa: E402
 from psycopg_pool import AsyncConnectionPool, PoolClosed, PoolTimeout  # noqa: E402
 
@@ -58,6 +60,7 @@ from sagaflow.orchestration.records import (  # noqa: E402
     SagaSummary,
     status_after,
 )
+from sagaflow.stores._batch import Batcher, PendingWrite  # noqa: E402
 from sagaflow.stores._common import (  # noqa: E402
     ACTIVE_STATUSES,
     check_create_records,
@@ -131,6 +134,7 @@ class PostgresSagaStore:
         self._in_flight = 0
         self._idle = asyncio.Event()
         self._idle.set()
+        self._batcher = Batcher(self._run_batch)
 
     def __repr__(self) -> str:
         return f"PostgresSagaStore({self._where}, schema={self._schema!r})"
@@ -147,24 +151,17 @@ class PostgresSagaStore:
     ) -> Claim:
         """Create a saga leased to ``owner`` (see `SagaStore.create`)."""
         check_create_records(records)
-        params = _record_params(records)
-        params.update(
-            id=saga_id,
-            name=saga_name_of(records),
-            status=status_after(None, records).value,
-            n=len(records),
-            owner=owner,
-            updated_at=float(records[-1].at),
-        )
-
-        async def run(conn: _Conn) -> Claim:
-            params["expires"] = expires = self._clock.now() + lease
-            row = await _one(conn, self._sql.create, params)
-            if row is None:
-                raise SagaAlreadyExistsError(saga_id)
-            return Claim(saga_id, 1, expires)
-
-        return await self._run(run)
+        header = {
+            "id": saga_id,
+            "name": saga_name_of(records),
+            "status": status_after(None, records).value,
+            "n": len(records),
+            "owner": owner,
+            "updated_at": float(records[-1].at),
+        }
+        payload = _Create(header, encode_records(records), lease)
+        result: Claim = await self._write(PendingWrite("create", saga_id, payload))
+        return result
 
     async def append(
         self,
@@ -175,30 +172,120 @@ class PostgresSagaStore:
         fencing_token: int,
     ) -> int:
         """Append atomically with fencing and version checks (see `SagaStore.append`)."""
-        params = _record_params(records)
+        if not records:
+            return await self._check_only(saga_id, expected_version, fencing_token)
         change = status_change(records)
-        params.update(
-            id=saga_id,
-            token=fencing_token,
-            expected=expected_version,
-            n=len(records),
-            status=change.value if change is not None else None,
-            updated_at=float(records[-1].at) if records else None,
-        )
+        header = {
+            "id": saga_id,
+            "token": fencing_token,
+            "expected": expected_version,
+            "n": len(records),
+            "status": change.value if change is not None else None,
+            "updated_at": float(records[-1].at),
+        }
+        payload = _Append(header, encode_records(records), expected_version, fencing_token)
+        result: int = await self._write(PendingWrite("append", saga_id, payload))
+        return result
+
+    async def _check_only(self, saga_id: str, expected_version: int, fencing_token: int) -> int:
+        """An empty append: run the checks, write nothing."""
 
         async def run(conn: _Conn) -> int:
-            if records:
-                row = await _one(conn, self._sql.append, params)
-                if row is not None:
-                    return int(row[0])
-            # Nothing written: say why (or, for an empty batch, check and return).
-            head = await _one(conn, self._sql.head, params)
+            head = await _one(conn, self._sql.head, {"id": saga_id})
             _check_write(saga_id, head, fencing_token, expected_version)
-            if records:  # the row changed between the two statements and back: a conflict
-                raise ConcurrencyError(saga_id, expected_version=expected_version)
             return expected_version
 
         return await self._run(run)
+
+    async def _write(self, write: PendingWrite) -> Any:
+        """Queue a create or append for the next batch and wait for its outcome."""
+        if self._closed:
+            raise StoreError("the store is closed")
+        self._in_flight += 1
+        self._idle.clear()
+        try:
+            return await self._batcher.submit(write)
+        finally:
+            self._in_flight -= 1
+            if self._in_flight == 0:
+                self._idle.set()
+
+    async def _run_batch(self, batch: list[PendingWrite]) -> None:
+        """Run a batch of writes as (at most) two statements and settle each write."""
+        creates = [w for w in batch if w.kind == "create"]
+        appends = [w for w in batch if w.kind == "append"]
+        try:
+            await self._ensure_ready()
+            async with self._pool.connection() as conn:
+                if creates:
+                    await self._run_creates(conn, creates)
+                if appends:
+                    await self._run_appends(conn, appends)
+        except (psycopg.Error, PoolTimeout, PoolClosed) as exc:
+            unsettled = [w for w in batch if not w.future.done()]
+            if len(unsettled) > 1 and isinstance(exc, psycopg.errors.TransactionRollback):
+                # A deadlock with another process's batch: redo the writes one by one
+                # (each statement locks a single saga row and cannot deadlock).
+                for write in unsettled:
+                    await self._run_batch([write])
+                return
+            for write in unsettled:
+                write.settle(error=_map_error(exc, self._where))
+        except StoreError as exc:  # e.g. SchemaVersionError while getting ready
+            for write in batch:
+                write.settle(error=exc)
+
+    async def _run_creates(self, conn: _Conn, creates: list[PendingWrite]) -> None:
+        now = self._clock.now()
+        expires = [now + w.payload.lease for w in creates]
+        if len(creates) == 1:
+            (write,) = creates
+            params = dict(write.payload.header, expires=expires[0], records=write.payload.records)
+            cursor = await conn.execute(self._sql.create_one, params)
+        else:
+            parts = [
+                _splice(dict(w.payload.header, expires=e), w.payload.records)
+                for w, e in zip(creates, expires, strict=True)
+            ]
+            cursor = await conn.execute(self._sql.create, {"batch": _array(parts)})
+        rows = await cursor.fetchall()
+        created = {r[0] for r in rows}
+        for write, expiry in zip(creates, expires, strict=True):
+            if write.saga_id in created:
+                write.settle(Claim(write.saga_id, 1, expiry))
+            else:
+                write.settle(error=SagaAlreadyExistsError(write.saga_id))
+
+    async def _run_appends(self, conn: _Conn, appends: list[PendingWrite]) -> None:
+        if len(appends) == 1:
+            (write,) = appends
+            params = dict(write.payload.header, records=write.payload.records)
+            cursor = await conn.execute(self._sql.append_one, params)
+        else:
+            parts = [_splice(w.payload.header, w.payload.records) for w in appends]
+            cursor = await conn.execute(self._sql.append, {"batch": _array(parts)})
+        rows = await cursor.fetchall()
+        versions = {r[0]: int(r[1]) for r in rows}
+        failed = [w for w in appends if w.saga_id not in versions]
+        heads: dict[str, tuple[Any, ...]] = {}
+        if failed:
+            # Nothing written for these: find out why, from the current rows.
+            ids = [w.saga_id for w in failed]
+            cursor = await conn.execute(self._sql.heads, {"ids": ids})
+            heads = {r[0]: r[1:] for r in await cursor.fetchall()}
+        for write in appends:
+            if write.saga_id in versions:
+                write.settle(versions[write.saga_id])
+                continue
+            try:
+                payload: _Append = write.payload
+                _check_write(
+                    write.saga_id, heads.get(write.saga_id), payload.token, payload.expected
+                )
+                # The row matched again by the time we looked: it changed and we lost.
+                raise ConcurrencyError(write.saga_id, expected_version=payload.expected)
+            except StoreError as exc:
+                write.settle(error=exc)
 
     # -- reading ---------------------------------------------------------------------
 
@@ -375,8 +462,29 @@ def _check_write(
         raise ConcurrencyError(saga_id, expected_version=expected_version, actual_version=version)
 
 
-def _record_params(records: Sequence[SagaRecord]) -> _Params:
-    return {"records": encode_records(records)}
+@dataclass(frozen=True, slots=True)
+class _Create:
+    header: dict[str, Any]
+    records: str  # JSON array, encoded when the call was made
+    lease: float
+
+
+@dataclass(frozen=True, slots=True)
+class _Append:
+    header: dict[str, Any]
+    records: str
+    expected: int
+    token: int
+
+
+def _splice(header: dict[str, Any], records_json: str) -> str:
+    """Return ``header`` as a JSON object with the already-encoded records added."""
+    encoded = pydantic_core.to_json(header).decode()
+    return f'{encoded[:-1]},"records":{records_json}}}'
+
+
+def _array(parts: list[str]) -> str:
+    return "[" + ",".join(parts) + "]"
 
 
 async def _ensure_schema(conn: _Conn, schema: str, sql: _Sql) -> None:
@@ -481,18 +589,27 @@ class _Sql:
                 schema,
             ),
             _q("CREATE INDEX IF NOT EXISTS sagas_touched ON {s}.sagas (touched)", schema),
-            _q("CREATE INDEX IF NOT EXISTS sagas_status ON {s}.sagas (status, touched)", schema),
+            # Listing parked sagas is the operator's everyday query; a partial index
+            # keeps it fast without costing anything on the write path.
+            _q(
+                "CREATE INDEX IF NOT EXISTS sagas_parked ON {s}.sagas (touched)"
+                " WHERE status = 'failed'",
+                schema,
+            ),
             _q(
                 "CREATE INDEX IF NOT EXISTS sagas_claimable ON {s}.sagas (touched)"
                 f" WHERE status IN ({active})",
                 schema,
             ),
+            # No foreign key to sagas: records are only inserted by the statements
+            # above, in the same statement that matched their saga's row, and the
+            # per-row trigger of a foreign key would cost more than the check is worth.
             # `json`, not `jsonb`: it keeps exactly the text written (any JSON,
             # including "\u0000", which jsonb refuses) and costs less to insert;
             # the `->`/`->>` operators still work on it for ad-hoc queries.
             _q(
                 """CREATE TABLE IF NOT EXISTS {s}.records (
-                    saga_id text NOT NULL REFERENCES {s}.sagas (id) ON DELETE CASCADE,
+                    saga_id text NOT NULL,
                     seq integer NOT NULL,
                     kind text NOT NULL,
                     step text,
@@ -504,44 +621,98 @@ class _Sql:
                 schema,
             ),
         ]
-        # The batch arrives as one JSON array (one parameter, encoded in Rust by
-        # pydantic-core) and is unpacked server-side in order.
-        records_from_json = """
+        # A batch arrives as one JSON array (one parameter, encoded in Rust by
+        # pydantic-core), each element a saga's header plus its records, and is
+        # unpacked server-side; record order comes from WITH ORDINALITY.
+        records_of_batch = """
             INSERT INTO {s}.records (saga_id, seq, kind, step, attempt, at, data)
-            SELECT %(id)s, %(start)s::int + r.ord::int - 1,
-                   r.kind, r.step, r.attempt, r.at, r.data
-            FROM ROWS FROM (json_to_recordset(%(records)s::json)
-                            AS (kind text, step text, attempt int, at float8, data json))
-                 WITH ORDINALITY AS r(kind, step, attempt, at, data, ord)
-            WHERE EXISTS (SELECT 1 FROM head)"""
+            SELECT b.id, %(start)s + r.ord::int - 1, r.kind, r.step, r.attempt, r.at, r.data
+            FROM batch b
+            JOIN head h ON h.id = b.id
+            CROSS JOIN LATERAL ROWS FROM (
+                json_to_recordset(b.records)
+                AS (kind text, step text, attempt int, at float8, data json)
+            ) WITH ORDINALITY AS r(kind, step, attempt, at, data, ord)"""
         self.create = _q(
-            """WITH head AS (
+            """WITH batch AS (
+                SELECT * FROM json_to_recordset(%(batch)s::json) AS b(
+                    id text, name text, status text, n int, owner text,
+                    expires float8, updated_at float8, records json)
+            ), head AS (
                 INSERT INTO {s}.sagas (id, name, status, version, token, owner,
                                        lease_expires, updated_at)
-                VALUES (%(id)s, %(name)s, %(status)s, %(n)s, 1, %(owner)s,
-                        %(expires)s, %(updated_at)s)
+                SELECT id, name, status, n, 1, owner, expires, updated_at FROM batch
                 ON CONFLICT (id) DO NOTHING
                 RETURNING id
             ), ins AS ("""
-            + records_from_json.replace("%(start)s", "0")
+            + records_of_batch.replace("%(start)s", "0")
             + """)
             SELECT id FROM head""",
             schema,
         )
+        # The fencing token and version checks are the UPDATE's WHERE clause: a
+        # write whose checks fail matches no row and inserts no record.
         self.append = _q(
+            """WITH batch AS (
+                SELECT * FROM json_to_recordset(%(batch)s::json) AS b(
+                    id text, token bigint, expected int, n int, status text,
+                    updated_at float8, records json)
+            ), head AS (
+                UPDATE {s}.sagas AS s
+                SET version = s.version + b.n,
+                    status = coalesce(b.status, s.status),
+                    updated_at = b.updated_at,
+                    touched = nextval({seq})
+                FROM batch b
+                WHERE s.id = b.id AND s.token = b.token AND s.version = b.expected
+                RETURNING s.id, s.version
+            ), ins AS ("""
+            + records_of_batch.replace("%(start)s", "b.expected")
+            + """)
+            SELECT id, version FROM head""",
+            schema,
+        )
+        # The same two writes for one saga, with plain parameters: a lighter plan
+        # for the common case of a batch of one.
+        records_of_one = """
+            INSERT INTO {s}.records (saga_id, seq, kind, step, attempt, at, data)
+            SELECT %(id)s, %(start)s + r.ord::int - 1, r.kind, r.step, r.attempt, r.at, r.data
+            FROM ROWS FROM (
+                json_to_recordset(%(records)s::json)
+                AS (kind text, step text, attempt int, at float8, data json)
+            ) WITH ORDINALITY AS r(kind, step, attempt, at, data, ord)
+            WHERE EXISTS (SELECT 1 FROM head)"""
+        self.create_one = _q(
+            """WITH head AS (
+                INSERT INTO {s}.sagas (id, name, status, version, token, owner,
+                                       lease_expires, updated_at)
+                VALUES (%(id)s, %(name)s, %(status)s, %(n)s::int, 1, %(owner)s,
+                        %(expires)s::float8, %(updated_at)s::float8)
+                ON CONFLICT (id) DO NOTHING
+                RETURNING id
+            ), ins AS ("""
+            + records_of_one.replace("%(start)s", "0")
+            + """)
+            SELECT id FROM head""",
+            schema,
+        )
+        self.append_one = _q(
             """WITH head AS (
                 UPDATE {s}.sagas
                 SET version = version + %(n)s::int,
                     status = coalesce(%(status)s::text, status),
-                    updated_at = %(updated_at)s,
+                    updated_at = %(updated_at)s::float8,
                     touched = nextval({seq})
-                WHERE id = %(id)s AND token = %(token)s AND version = %(expected)s
-                RETURNING version
+                WHERE id = %(id)s AND token = %(token)s::bigint AND version = %(expected)s::int
+                RETURNING id, version
             ), ins AS ("""
-            + records_from_json.replace("%(start)s", "%(expected)s")
+            + records_of_one.replace("%(start)s", "%(expected)s::int")
             + """)
-            SELECT version FROM head""",
+            SELECT id, version FROM head""",
             schema,
+        )
+        self.heads = _q(
+            "SELECT id, token, version FROM {s}.sagas WHERE id = ANY(%(ids)s::text[])", schema
         )
         self.head = _q("SELECT token, version FROM {s}.sagas WHERE id = %(id)s", schema)
         # One statement sees one snapshot; `seq < version` keeps out records of
