@@ -181,6 +181,7 @@ class EventBus:
         self._topics: dict[str, str] = {}
         self._routes: dict[type[Event], bool] = {}
         self._starting: set[asyncio.Task[None]] = set()
+        self._warned_unrouted: set[str] = set()
         self._publish = chain_publish(self.middleware, self._send)
         self._state = "new"
 
@@ -573,7 +574,12 @@ class EventBus:
 
     def _unrouted(self, envelope: Envelope[Event]) -> None:
         self.stats.unrouted += 1
-        logger.warning("published %s %s: no subscription on this bus", envelope.type, envelope.id)
+        # Warn once per type: a publish-only service would otherwise log every event.
+        level = logging.DEBUG if envelope.type in self._warned_unrouted else logging.WARNING
+        self._warned_unrouted.add(envelope.type)
+        logger.log(
+            level, "published %s %s: no subscription on this bus", envelope.type, envelope.id
+        )
         if self.on_unrouted is not None:
             try:
                 self.on_unrouted(envelope)

@@ -276,7 +276,8 @@ class Pipeline:
         self, delivery: Delivery, ctx: HandleContext, error: Exception, replay: bool
     ) -> None:
         envelope = ctx.envelope
-        logger.warning(
+        # Failures that will be retried are routine: INFO. Dead letters are WARNING.
+        logger.info(
             "handler of group %r failed on %s %s (delivery %d, %d attempts): %s",
             self.group,
             envelope.type,
