@@ -141,6 +141,14 @@ class Transport(Protocol):
     * **close()** is idempotent. It ends every subscription's iterator cleanly;
       deliveries not yet settled are redelivered later. Calls after close raise
       `TransportClosedError`.
+    * **Consumers stopping.** Closing a subscription's iterator (``aclose()``) gives
+      its unsettled deliveries back to the group, like a consumer dying.
+
+    Optional method, not part of the protocol check: ``async def declare(topic,
+    *, group)`` creates the group (stream group, durable consumer, bound queue)
+    so that it keeps every message published from then on, before anyone
+    iterates. `EventBus.start` calls it when present; the contract suite's
+    ``prepare_group`` hook does too.
     """
 
     features: TransportFeatures
