@@ -406,6 +406,7 @@ class PostgresSagaStore:
         """Wait for calls in flight, then close the pool if the store opened it; idempotent."""
         self._closed = True
         await self._idle.wait()
+        await self._batcher.wait_idle()  # writes whose callers were cancelled still run
         if self._owns_pool and not self._pool.closed:
             await self._pool.close()
 
