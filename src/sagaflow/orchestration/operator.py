@@ -96,6 +96,7 @@ async def resume_parked(
             saga parked going forward (nothing to skip: resume it instead).
     """
     clock = clock or SystemClock()
+    inspect_parked(await store.load(saga_id))  # refuse early, before taking any lease
     claim = await store.acquire(saga_id, owner=owner, lease=lease)
     done = False
     try:

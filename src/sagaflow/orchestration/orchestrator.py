@@ -899,9 +899,12 @@ class _Execution(Generic[S]):
         return SagaStatus.COMPENSATED
 
     async def park(self, error: dict[str, str]) -> SagaStatus:
+        """Park the saga as FAILED for an operator, and free it for them."""
         self.error = error
         self.record(RecordKind.SAGA_FAILED, data={"error": error})
         await self.flush()
+        if self.claim is not None:  # parking is rare: the extra write is cheap here
+            await self.store.release(self.saga_id, fencing_token=self.claim.fencing_token)
         return SagaStatus.FAILED
 
     async def compensate(self, plan: _Plan) -> BaseException | None:
