@@ -143,11 +143,12 @@ async def run_bubus(n: int, subscribers: int) -> float:
 
     counter = Counter(n * subscribers)
     bus = BubusBus(name="bench")
-    for _ in range(subscribers):
+    for index in range(subscribers):
 
         async def handler(event: BubusOrderPlaced) -> None:
             counter.hit()
 
+        handler.__name__ = handler.__qualname__ = f"handler_{index}"  # bubus warns on reuse
         bus.on(BubusOrderPlaced, handler)
     started = time.perf_counter()
     for i in range(n):

@@ -25,7 +25,7 @@ import re
 import types
 import typing
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from datetime import date, datetime, time, timedelta
 from decimal import Decimal
 from typing import Any, Protocol, runtime_checkable
@@ -186,52 +186,38 @@ def _digest(secret: bytes, headers: Mapping[str, str], body: bytes) -> str:
     return mac.hexdigest()
 
 
-class _LazyHeaders(Mapping[str, str]):
-    """The headers of an envelope, built on first access (`Envelope.to_headers`)."""
-
-    __slots__ = ("_envelope", "_headers")
-
-    def __init__(self, envelope: Envelope[Event]) -> None:
-        self._envelope = envelope
-        self._headers: dict[str, str] | None = None
-
-    def _built(self) -> dict[str, str]:
-        headers = self._headers
-        if headers is None:
-            headers = self._headers = self._envelope.to_headers()
-        return headers
-
-    def __getitem__(self, name: str) -> str:
-        return self._built()[name]
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._built())
-
-    def __len__(self) -> int:
-        return len(self._built())
-
-    def __repr__(self) -> str:
-        return repr(self._built())
-
-
 class _LocalMessage(Message):
     """A message encoded by this process, remembering the envelope it came from.
 
     Transports that hand the very same object to a consumer (the memory
     transport) let `JsonSerializer.decode` return that envelope instead of
     parsing the bytes again. Anything that crossed a process boundary is a plain
-    `Message` and takes the full decoding path.
+    `Message` and takes the full decoding path. The headers are built on first
+    read, from the envelope: an in-process consumer never reads them.
     """
 
-    __slots__ = ("_origin",)
-    _origin: tuple[JsonSerializer, Envelope[Event]]
+    __slots__ = ("_envelope", "_headers", "_serializer")
+    _envelope: Envelope[Event]
+    _headers: dict[str, str] | None
+    _serializer: JsonSerializer
+
+    @property
+    def headers(self) -> Mapping[str, str]:
+        """The envelope's headers (`Envelope.to_headers`), built on first access."""
+        headers = self._headers
+        if headers is None:
+            headers = self._envelope.to_headers()
+            object.__setattr__(self, "_headers", headers)
+        return headers
 
 
-# Same technique as envelope._make_envelope: a frozen dataclass built through its
+# Same technique as envelope.make_envelope: a frozen dataclass built through its
 # slot descriptors, several times cheaper than its generated __init__.
-_set_msg_id, _set_msg_topic, _set_msg_body, _set_msg_headers, _set_msg_key, _set_origin = (
-    getattr(_LocalMessage, name).__set__
-    for name in ("id", "topic", "body", "headers", "key", "_origin")
+_set_id, _set_topic, _set_body, _set_key = (
+    Message.__dict__[name].__set__ for name in ("id", "topic", "body", "key")
+)
+_set_envelope, _set_headers, _set_serializer = (
+    _LocalMessage.__dict__[name].__set__ for name in ("_envelope", "_headers", "_serializer")
 )
 
 
@@ -239,16 +225,17 @@ def _local_message(
     envelope: Envelope[Event],
     topic: str,
     body: bytes,
-    headers: Mapping[str, str],
-    origin: JsonSerializer,
+    headers: dict[str, str] | None,
+    serializer: JsonSerializer,
 ) -> _LocalMessage:
     message: _LocalMessage = object.__new__(_LocalMessage)
-    _set_msg_id(message, envelope.id)
-    _set_msg_topic(message, topic)
-    _set_msg_body(message, body)
-    _set_msg_headers(message, headers)
-    _set_msg_key(message, envelope.partition_key)
-    _set_origin(message, (origin, envelope))
+    _set_id(message, envelope.id)
+    _set_topic(message, topic)
+    _set_body(message, body)
+    _set_key(message, envelope.partition_key)
+    _set_envelope(message, envelope)
+    _set_headers(message, headers)
+    _set_serializer(message, serializer)
     return message
 
 
@@ -349,7 +336,7 @@ class JsonSerializer:
         body = self.encode_body(event)
         if self.signer is None and shareable(type(event)):
             # Headers are built on first read: an in-process consumer never reads them.
-            return _local_message(envelope, topic, body, _LazyHeaders(envelope), self)
+            return _local_message(envelope, topic, body, None, self)
         headers = envelope.to_headers()
         if self.signer is not None:
             headers.update(self.signer.sign(headers, body))
@@ -361,12 +348,10 @@ class JsonSerializer:
 
     def decode(self, message: Message) -> Envelope[Event]:
         """Return the envelope carried by ``message``; see `Serializer.decode`."""
-        if type(message) is _LocalMessage:
-            origin, envelope = message._origin
+        if type(message) is _LocalMessage and message._serializer is self:
             # Encoded by this very serializer, never left the process, and the
             # event is deeply immutable: decoding would rebuild an equal envelope.
-            if origin is self:
-                return envelope
+            return message._envelope
         body = message.body
         if len(body) > self.max_size:
             raise MessageTooLargeError(len(body), self.max_size)

@@ -109,3 +109,25 @@ async def test_dead_letters_are_listed_with_reason() -> None:
 def test_configuration_is_checked() -> None:
     with pytest.raises(ConfigurationError):
         MemoryTransport(max_payload=0)
+
+
+async def test_publish_yields_to_consumers_when_backlogged() -> None:
+    with pytest.raises(ConfigurationError):
+        MemoryTransport(yield_backlog=0)
+    transport = MemoryTransport(yield_backlog=4)
+    consumer = transport.subscribe("t", group="g")
+    taken: list[str] = []
+
+    async def consume() -> None:
+        async for delivery in consumer:
+            taken.append(delivery.message.id)
+            await delivery.ack()
+
+    task = asyncio.ensure_future(consume())
+    await asyncio.sleep(0)
+    for n in range(20):
+        await transport.publish([msg("t", n)])  # never awaits anything else
+    # The consumer ran while we published: the queue never grew past the threshold.
+    assert len(taken) >= 16
+    await transport.close()
+    await task

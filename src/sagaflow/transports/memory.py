@@ -211,11 +211,23 @@ class MemoryTransport:
     Args:
         max_payload: Largest body accepted by `publish`, in bytes.
         clock: Times ``nack`` delays (inject a fake clock in tests).
+        yield_backlog: `publish` yields to the event loop once when a consuming
+            group has this many messages waiting, so that consumers keep up
+            with a publisher that never awaits anything else.
     """
 
-    def __init__(self, *, max_payload: int = DEFAULT_MAX_PAYLOAD, clock: Clock | None = None):
+    def __init__(
+        self,
+        *,
+        max_payload: int = DEFAULT_MAX_PAYLOAD,
+        clock: Clock | None = None,
+        yield_backlog: int = 128,
+    ) -> None:
         if max_payload < 1:
             raise ConfigurationError(f"max_payload must be >= 1, got {max_payload}")
+        if yield_backlog < 1:
+            raise ConfigurationError(f"yield_backlog must be >= 1, got {yield_backlog}")
+        self._yield_backlog = yield_backlog
         self.features = TransportFeatures(
             persistent=False,
             ordered=True,
@@ -279,6 +291,7 @@ class MemoryTransport:
             if message.topic not in self._topics:
                 validate_name("topic", message.topic)
         topics = self._topics
+        backlog = 0
         for message in messages:
             groups = topics.get(message.topic)
             if not groups:
@@ -286,6 +299,15 @@ class MemoryTransport:
             self._seq += 1
             for group in groups.values():
                 group.push(_Entry(message, self._seq))
+                if group.consumers:
+                    backlog = max(backlog, len(group.ready))
+        if backlog >= self._yield_backlog:
+            # A publisher that never awaits anything else would starve the
+            # consumers and grow the queues without bound. Yield once so that they
+            # drain: memory stays bounded, and short-lived objects die young (far
+            # less garbage-collector work). Yielding cannot deadlock, unlike
+            # blocking until the queue shrinks.
+            await asyncio.sleep(0)
 
     def subscribe(self, topic: str, *, group: str) -> _Subscription:
         """Return an iterator of deliveries of ``topic`` for consumer ``group``.
