@@ -190,7 +190,10 @@ async def redelivered_after_close(factory: Factory, within: float = 15.0) -> Non
     try:
         it2 = t2.subscribe(topic, group=group)
         again = await take(it2, 2, within=within)
-        assert sorted(d.message.id for d in again) == sorted(m.id for m in sent[1:])
+        assert sorted(d.message.id for d in again) == sorted(m.id for m in sent[1:]), [
+            (d.message.id, d.attempt, getattr(getattr(d, "_msg", None), "reply", None))
+            for d in again
+        ]
         assert all(d.attempt >= 2 for d in again)
         for d in again:
             await d.ack()

@@ -4,6 +4,7 @@ from typing import Any
 
 import pytest
 
+from sagaflow.testing.transport_contract import TransportContract
 from sagaflow.transports.postgres import PostgresTransport
 
 from . import _scenarios as sc
@@ -19,8 +20,19 @@ def factory(postgres_url: str) -> sc.Factory:
     return make
 
 
+class TestPostgresTransportContract(TransportContract):
+    redelivery_timeout = 10.0
+
+    @pytest.fixture(autouse=True)
+    def _service(self, postgres_url: str) -> None:
+        self.url = postgres_url
+
+    async def make_transport(self) -> PostgresTransport:
+        return PostgresTransport(self.url, lease=30.0, poll_interval=0.5)
+
+
 async def read_dlq(t: Any, topic: str) -> list[tuple[str, str]]:
-    return [(d["message"].id, d["reason"]) for d in await t.dead_letters(topic)]
+    return [(d.message.id, d.reason) for d in await t.dead_letters(topic)]
 
 
 async def test_roundtrip(factory: sc.Factory) -> None:

@@ -4,6 +4,7 @@ from typing import Any
 
 import pytest
 
+from sagaflow.testing.transport_contract import TransportContract
 from sagaflow.transports.redis import RedisStreamsTransport
 
 from . import _scenarios as sc
@@ -19,8 +20,19 @@ def factory(redis_url: str) -> sc.Factory:
     return make
 
 
+class TestRedisStreamsTransportContract(TransportContract):
+    redelivery_timeout = 10.0
+
+    @pytest.fixture(autouse=True)
+    def _service(self, redis_url: str) -> None:
+        self.url = redis_url
+
+    async def make_transport(self) -> RedisStreamsTransport:
+        return RedisStreamsTransport(self.url, block=0.1, claim_min_idle=30.0)
+
+
 async def read_dlq(t: Any, topic: str) -> list[tuple[str, str]]:
-    return [(d["message"].id, d["reason"]) for d in await t.dead_letters(topic)]
+    return [(d.message.id, d.reason) for d in await t.dead_letters(topic)]
 
 
 async def test_roundtrip(factory: sc.Factory) -> None:

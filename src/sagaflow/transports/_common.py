@@ -10,6 +10,7 @@ import contextlib
 import logging
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from typing import Generic, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
@@ -130,7 +131,8 @@ class PullIterator(Generic[D]):
     Args:
         fetch: Returns the next batch (maybe empty); handles reconnection itself.
         closed: The transport's closed event; the iterator ends when it is set.
-        release: Hands unconsumed deliveries back to the broker on `aclose`.
+        release: Called on `aclose` with the received, unconsumed deliveries; hands
+            those and every delivery handed out but not settled back to the broker.
     """
 
     def __init__(
@@ -180,5 +182,51 @@ class PullIterator(Generic[D]):
             return
         self._stopped = True
         items = await self.settle_in_flight(wait=10.0)
-        if items and not self._closed.is_set():
+        if not self._closed.is_set():  # close() itself hands everything back
             await self._release(items)
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """A message a consumer group gave up on, as stored in a broker's dead-letter place.
+
+    Attributes:
+        topic: The topic it was published on.
+        group: The consumer group that dead-lettered it.
+        message: The message, unchanged.
+        reason: Why it was dead-lettered.
+        attempt: The delivery count when it was dead-lettered.
+        ref: The broker's id of the dead-letter record (stream entry id, sequence,
+            row id), for deleting it after a replay.
+    """
+
+    topic: str
+    group: str
+    message: Message
+    reason: str
+    attempt: int
+    ref: str
+
+
+class BatchSizer:
+    """Adaptive read size: small while a backlog is shallow, growing while it is deep.
+
+    A consumer that always asked for ``maximum`` messages would take a whole burst
+    and starve the other consumers of its group; one that asked for one at a time
+    would pay a round trip per message. Doubling after every full read and falling
+    back after a short one gives both fairness and throughput.
+    """
+
+    __slots__ = ("current", "maximum", "minimum")
+
+    def __init__(self, maximum: int, minimum: int = 8) -> None:
+        self.maximum = maximum
+        self.minimum = min(minimum, maximum)
+        self.current = self.minimum
+
+    def update(self, received: int) -> None:
+        """Record how many messages the last read returned."""
+        if received >= self.current:
+            self.current = min(self.current * 2, self.maximum)
+        else:
+            self.current = self.minimum

@@ -45,6 +45,8 @@ from sagaflow._optional import require
 from sagaflow.errors import ConfigurationError, PublishError, TransportUnavailableError
 from sagaflow.transports._common import (
     RECONNECT_POLICY,
+    BatchSizer,
+    DeadLetter,
     PullIterator,
     check_messages,
     ensure_open,
@@ -104,7 +106,9 @@ class _Subscription:
     group: str
     owner: str
     wake: asyncio.Event = field(default_factory=asyncio.Event)
-    outstanding: set[int] = field(default_factory=set)
+    sizer: BatchSizer = field(default_factory=lambda: BatchSizer(1))
+    outstanding: set[int] = field(default_factory=set)  # claimed, not settled
+    delivered: dict[int, _PgDelivery] = field(default_factory=dict)  # handed out
     ack_buffer: list[int] = field(default_factory=list)
     flush_task: asyncio.Task[None] | None = None
     registered: bool = False
@@ -148,6 +152,7 @@ class _PgDelivery:
         ensure_open(self._transport._closed.is_set(), "PostgresTransport")
         self._settled = True
         self._sub.outstanding.discard(self._seq)
+        self._sub.delivered.pop(self._seq, None)
         return True
 
     async def ack(self) -> None:
@@ -338,7 +343,9 @@ class PostgresTransport:
         validate_name("topic", topic)
         validate_name("group", group)
         ensure_open(self._closed.is_set(), "PostgresTransport")
-        sub = _Subscription(topic=topic, group=group, owner=uuid.uuid4().hex)
+        sub = _Subscription(
+            topic=topic, group=group, owner=uuid.uuid4().hex, sizer=BatchSizer(self._batch)
+        )
         sub.iterator = PullIterator(
             lambda: self._fetch(sub), self._closed, lambda items: self._release(sub, items)
         )
@@ -365,13 +372,13 @@ class PostgresTransport:
                     delay,
                 )
                 await sleep_or_closed(delay, self._closed)
-                continue
-            out = await self._deliverable(sub, rows)
-            if out:
-                return out
+                return []
             if not rows:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(sub.wake.wait(), self._poll)
+            # One round per call (maybe empty): an iterator being closed waits for at
+            # most one poll interval.
+            return await self._deliverable(sub, rows)
         return []
 
     async def _register(self, sub: _Subscription) -> None:
@@ -398,12 +405,13 @@ class PostgresTransport:
                     "WHERE topic = %s AND grp = %s AND visible_at <= now() "
                     "ORDER BY seq LIMIT %s FOR UPDATE SKIP LOCKED) "
                     "RETURNING seq, msg_id, body, headers, msg_key, attempts",
-                    (sub.owner, self._lease, sub.topic, sub.group, self._batch),
+                    (sub.owner, self._lease, sub.topic, sub.group, sub.sizer.current),
                 )
                 rows: list[tuple[Any, ...]] = await cur.fetchall()
         except BaseException:
             sub.ack_buffer.extend(acks)
             raise
+        sub.sizer.update(len(rows))
         rows.sort(key=lambda row: int(row[0]))
         sub.outstanding.update(int(row[0]) for row in rows)
         return rows
@@ -429,6 +437,7 @@ class PostgresTransport:
                     sub, int(seq), f"delivered {attempts} times (max {self._max_deliveries})"
                 )
                 continue
+            sub.delivered[int(seq)] = delivery
             out.append(delivery)
         return out
 
@@ -519,44 +528,65 @@ class PostgresTransport:
                 f"PostgreSQL unreachable while dead-lettering: {type(exc).__name__}"
             ) from exc
 
-    async def _release(self, sub: _Subscription, deliveries: list[_PgDelivery]) -> None:
-        seqs = []
-        for delivery in deliveries:
-            if not delivery._settled:
-                delivery._settled = True
-                sub.outstanding.discard(delivery._seq)
-                seqs.append(delivery._seq)
-        if seqs:
+    async def _release(self, sub: _Subscription, _items: object = None) -> None:
+        """Stop ``sub``: send its acks and make its unsettled rows visible again, now.
+
+        Deliveries it handed out become settled: settling them later is a no-op.
+        """
+        self._subs.discard(sub)
+        if sub.flush_task is not None:
+            sub.flush_task.cancel()
+        for delivery in sub.delivered.values():
+            delivery._settled = True
+        sub.delivered.clear()
+        if not self._ready:
+            return
+        await self._flush_acks(sub)
+        if sub.outstanding:
+            seqs = sorted(sub.outstanding)
+            sub.outstanding.clear()
             await self._make_visible(sub, seqs, 0.0)
 
     # --- dead letters ------------------------------------------------------------------
 
-    async def dead_letters(self, topic: str, *, limit: int = 100) -> list[dict[str, Any]]:
-        """Return up to ``limit`` dead letters of ``topic``, oldest first.
-
-        Each item has ``message``, ``reason``, ``group``, ``attempt`` and ``seq``.
-        """
+    async def dead_letters(
+        self, topic: str, *, group: str | None = None, limit: int = 100
+    ) -> list[DeadLetter]:
+        """Return up to ``limit`` dead letters of ``topic`` (of ``group``), oldest first."""
         ensure_open(self._closed.is_set(), "PostgresTransport")
         await self._ensure_ready()
         async with self._pool.connection() as conn:
             cur = await conn.execute(
                 f"SELECT seq, grp, msg_id, body, headers, msg_key, attempts, reason "
-                f"FROM {self._p}dead_letters WHERE topic = %s ORDER BY seq LIMIT %s",
-                (topic, limit),
+                f"FROM {self._p}dead_letters WHERE topic = %s AND (%s::text IS NULL OR grp = %s) "
+                "ORDER BY seq LIMIT %s",
+                (topic, group, group, limit),
             )
             rows = await cur.fetchall()
         return [
-            {
-                "seq": seq,
-                "group": grp,
-                "message": Message(
-                    id=msg_id, topic=topic, body=bytes(body), headers=headers, key=key
-                ),
-                "attempt": attempts,
-                "reason": reason,
-            }
+            DeadLetter(
+                topic=topic,
+                group=grp,
+                message=Message(id=msg_id, topic=topic, body=bytes(body), headers=headers, key=key),
+                reason=reason,
+                attempt=attempts,
+                ref=str(seq),
+            )
             for seq, grp, msg_id, body, headers, key, attempts, reason in rows
         ]
+
+    async def declare(self, topic: str, *, group: str) -> None:
+        """Register ``group`` on ``topic`` now: messages published from now on reach it."""
+        validate_name("topic", topic)
+        validate_name("group", group)
+        ensure_open(self._closed.is_set(), "PostgresTransport")
+        await self._ensure_ready()
+        try:
+            await self._register(_Subscription(topic=topic, group=group, owner=""))
+        except (_psycopg.OperationalError, _pool.PoolTimeout) as exc:
+            raise TransportUnavailableError(
+                f"PostgreSQL at {mask_url(self._url)} is unreachable: {type(exc).__name__}"
+            ) from exc
 
     # --- close -------------------------------------------------------------------------
 
@@ -575,15 +605,8 @@ class PostgresTransport:
             await self._pool.close()
 
     async def _drain(self, sub: _Subscription) -> None:
-        if sub.flush_task is not None:
-            sub.flush_task.cancel()
         if sub.iterator is not None:
             await sub.iterator.settle_in_flight(wait=5.0)
-        if not self._ready:
-            return
-        await self._flush_acks(sub)
-        if sub.outstanding:
-            with contextlib.suppress(TransportUnavailableError, _psycopg.Error):
-                # Otherwise the leases expire and the rows come back after `lease`.
-                await self._make_visible(sub, sorted(sub.outstanding), 0.0)
-            sub.outstanding.clear()
+        with contextlib.suppress(TransportUnavailableError, _psycopg.Error):
+            # Otherwise the leases expire and the rows come back after `lease`.
+            await self._release(sub)

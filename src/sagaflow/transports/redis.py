@@ -61,11 +61,12 @@ from sagaflow._optional import require
 from sagaflow.errors import (
     ConfigurationError,
     PublishError,
-    TransportClosedError,
     TransportUnavailableError,
 )
 from sagaflow.transports._common import (
     RECONNECT_POLICY,
+    BatchSizer,
+    DeadLetter,
     PullIterator,
     check_messages,
     ensure_open,
@@ -137,7 +138,9 @@ class _Subscription:
     group: str
     consumer: str
     delay_key: str
-    outstanding: set[str] = field(default_factory=set)
+    sizer: BatchSizer = field(default_factory=lambda: BatchSizer(1))
+    outstanding: set[str] = field(default_factory=set)  # read, not settled
+    delivered: dict[str, _RedisDelivery] = field(default_factory=dict)  # handed out
     ack_buffer: list[str] = field(default_factory=list)
     pending_cursor: str = "0"
     group_start: str = "$"
@@ -186,6 +189,7 @@ class _RedisDelivery:
         ensure_open(self._transport._closed.is_set(), "RedisStreamsTransport")
         self._settled = True
         self._sub.outstanding.discard(self._entry_id)
+        self._sub.delivered.pop(self._entry_id, None)
         return True
 
     async def ack(self) -> None:
@@ -401,6 +405,7 @@ class RedisStreamsTransport:
             group=group,
             consumer=f"{self._consumer_base}-{next(self._counter)}",
             delay_key=self._delay_key(topic, group),
+            sizer=BatchSizer(self._batch),
         )
         sub.iterator = PullIterator(
             lambda: self._fetch(topic, sub),
@@ -411,7 +416,7 @@ class RedisStreamsTransport:
         return sub.iterator
 
     async def _fetch(self, topic: str, sub: _Subscription) -> list[_RedisDelivery]:
-        """Return the next non-empty batch of deliveries, reconnecting as needed."""
+        """Return the next batch of deliveries (maybe empty), reconnecting as needed."""
         while not self._closed.is_set():
             try:
                 batch = await self._next_batch(sub)
@@ -434,14 +439,15 @@ class RedisStreamsTransport:
                     delay,
                 )
                 await sleep_or_closed(delay, self._closed)
-                continue
+                return []
             out = []
             for entry_id, fields, attempt in batch:
                 delivery = await self._deliverable(topic, sub, entry_id, fields, attempt)
                 if delivery is not None:
                     out.append(delivery)
-            if out:
-                return out
+            # One round per call (maybe empty): an iterator being closed waits for at
+            # most one blocking read.
+            return out
         return []
 
     async def _next_batch(self, sub: _Subscription) -> list[tuple[str, dict[bytes, bytes], int]]:
@@ -466,15 +472,21 @@ class RedisStreamsTransport:
                 return batch
         return await self._read_new(sub)
 
-    async def _release(self, sub: _Subscription, deliveries: list[_RedisDelivery]) -> None:
-        """Hand deliveries the consumer never saw back to the group, due now."""
-        ids = []
-        for delivery in deliveries:
-            if not delivery._settled:
-                delivery._settled = True
-                sub.outstanding.discard(delivery._entry_id)
-                ids.append(delivery._entry_id)
-        if ids:
+    async def _release(self, sub: _Subscription, _items: object = None) -> None:
+        """Stop ``sub``: send its acks, hand every unsettled entry back to the group, due now.
+
+        Deliveries it handed out become settled: settling them later is a no-op.
+        """
+        self._subs.discard(sub)
+        if sub.flush_task is not None:
+            sub.flush_task.cancel()
+        for delivery in sub.delivered.values():
+            delivery._settled = True
+        sub.delivered.clear()
+        await self._flush_acks(sub)
+        if sub.outstanding:
+            ids = sorted(sub.outstanding)
+            sub.outstanding.clear()
             await self._schedule_retry(sub, ids, 0.0)
 
     async def _deliverable(
@@ -494,6 +506,7 @@ class RedisStreamsTransport:
                 sub, entry_id, delivery, f"delivered {attempt} times (max {self._max_deliveries})"
             )
             return None
+        sub.delivered[entry_id] = delivery
         return delivery
 
     async def _ensure_group(self, sub: _Subscription, *, start: str) -> None:
@@ -512,7 +525,7 @@ class RedisStreamsTransport:
                 sub.group,
                 sub.consumer,
                 {sub.stream: ">"},
-                count=self._batch,
+                count=sub.sizer.current,
                 block=self._block_ms,
             )
             try:
@@ -521,6 +534,7 @@ class RedisStreamsTransport:
                 sub.ack_buffer.extend(acks)  # not known to be sent: keep for the next try
                 raise
         entries = [(_s(i), f, 1) for i, f in self._entries(results[-1])]
+        sub.sizer.update(len(entries))
         sub.outstanding.update(entry_id for entry_id, _, _ in entries)
         return entries
 
@@ -673,24 +687,52 @@ class RedisStreamsTransport:
 
     # --- dead letters ------------------------------------------------------------------
 
-    async def dead_letters(self, topic: str, *, count: int = 100) -> list[dict[str, Any]]:
-        """Return up to ``count`` dead letters of ``topic``, oldest first.
-
-        Each item has ``message`` (a `Message`), ``reason``, ``group``, ``attempt`` and
-        ``dlq_id`` (the DLQ entry id, for deleting it after a replay).
-        """
+    async def dead_letters(
+        self, topic: str, *, group: str | None = None, limit: int = 100
+    ) -> list[DeadLetter]:
+        """Return up to ``limit`` dead letters of ``topic`` (of ``group``), oldest first."""
         ensure_open(self._closed.is_set(), "RedisStreamsTransport")
-        entries = await self._client.xrange(self.dead_letter_key(topic), count=count)
-        return [
-            {
-                "dlq_id": _s(entry_id),
-                "message": _decode(fields, topic),
-                "reason": _s(fields.get(b"reason", b"")),
-                "group": _s(fields.get(b"group", b"")),
-                "attempt": int(fields.get(b"attempt", b"0")),
-            }
-            for entry_id, fields in entries
-        ]
+        validate_name("topic", topic)
+        out: list[DeadLetter] = []
+        start = "-"
+        while len(out) < limit:
+            entries = await self._client.xrange(self.dead_letter_key(topic), start, "+", 100)
+            for entry_id, fields in entries:
+                if group is None or _s(fields.get(b"group", b"")) == group:
+                    out.append(
+                        DeadLetter(
+                            topic=topic,
+                            group=_s(fields.get(b"group", b"")),
+                            message=_decode(fields, topic),
+                            reason=_s(fields.get(b"reason", b"")),
+                            attempt=int(fields.get(b"attempt", b"0")),
+                            ref=_s(entry_id),
+                        )
+                    )
+            if len(entries) < 100:
+                break
+            start = "(" + _s(entries[-1][0])
+        return out[:limit]
+
+    async def declare(self, topic: str, *, group: str) -> None:
+        """Create ``group`` on ``topic`` now (from the next published entry on).
+
+        ``subscribe`` does this lazily on first iteration; call it when messages
+        published before the first iteration must reach the group.
+        """
+        validate_name("topic", topic)
+        validate_name("group", group)
+        ensure_open(self._closed.is_set(), "RedisStreamsTransport")
+        stream = self.stream_key(topic)
+        try:
+            await self._client.xgroup_create(stream, group, id="$", mkstream=True)
+        except _exc.ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise TransportUnavailableError(f"Redis refused XGROUP CREATE: {exc}") from exc
+        except _CONNECTION_ERRORS as exc:
+            raise TransportUnavailableError(
+                f"Redis at {mask_url(self._url)} is unreachable: {type(exc).__name__}"
+            ) from exc
 
     # --- close -------------------------------------------------------------------------
 
@@ -707,17 +749,12 @@ class RedisStreamsTransport:
             await self._client.aclose()
 
     async def _drain(self, sub: _Subscription) -> None:
-        if sub.flush_task is not None:
-            sub.flush_task.cancel()
         if sub.iterator is not None:
             # Entries of a read the server already served are in sub.outstanding once
             # the read finishes; wait for it so they are handed back below.
             await sub.iterator.settle_in_flight(wait=self._block_ms / 1000 + 2)
         try:
-            await self._flush_acks(sub)
-            if sub.outstanding:
-                await self._schedule_retry(sub, sorted(sub.outstanding), 0.0)
-                sub.outstanding.clear()
-        except (TransportClosedError, TransportUnavailableError, _exc.RedisError, OSError):
+            await self._release(sub)
+        except (TransportUnavailableError, _exc.RedisError, OSError):
             # Still pending in Redis: XAUTOCLAIM recovers them after claim_min_idle.
             logger.warning("could not hand back unsettled entries of %s", sub.stream)

@@ -1,0 +1,601 @@
+r"""NATS JetStream transport: a stream per topic, a durable pull consumer per group.
+
+Install with ``pip install "sagaflow[nats]"``. URLs: ``nats://[user:password@]host:4222``
+or ``tls://host:4222`` (pass an ``ssl.SSLContext`` through ``connect_options={"tls":
+ctx}`` for client certificates); several servers may be given comma-separated.
+
+Layout::
+
+    stream  {stream_prefix}{topic}_{hash}   subject {subject_prefix}.{topic}
+    stream  {stream_prefix}DLQ              subjects {subject_prefix}_dlq.>
+    durable consumer {group}_{hash} on the topic's stream (one per sagaflow group)
+
+* Streams use **interest retention**: a message is kept until every group that
+  existed when it was published has acknowledged it, so the stream never holds
+  what nobody will read and never drops what someone still needs. They are created
+  idempotently; an existing stream's configuration is left as the operator set it.
+* Consumers are **durable pull consumers** with ``AckPolicy.EXPLICIT`` (set
+  explicitly), ``DeliverPolicy.NEW`` (a group sees what is published after it first
+  subscribed), ``AckWait = ack_wait`` (a dead consumer's messages come back after
+  that long: keep it above the slowest handler) and ``MaxDeliver = max_deliveries + 1``
+  (never unlimited). The extra delivery lets the transport itself dead-letter a
+  message that reached ``max_deliveries`` (e.g. one that kills its consumer), since
+  the server would otherwise just stop delivering it, silently.
+* ``ack`` after the handler; ``nack(delay)`` is ``NAK`` with the delay (done by
+  the server); ``dead_letter`` publishes to the DLQ stream with ``Sagaflow-Reason``,
+  waits for the server's ack, then ``TERM``\\ s the original.
+* **Attempt** is the server's ``num_delivered``.
+* Publishes carry ``Nats-Msg-Id`` = message id, so a retried publish is deduplicated
+  inside the stream's duplicate window (two minutes by default); the inbox still
+  dedupes redeliveries. A batch is pipelined (async publishes awaited together).
+* Reconnection is nats-py's (forever, with its wait); subscriptions re-create their
+  pull subscription with backoff when the server lost it.
+* **Close** NAKs delivered-but-unsettled messages so they are redelivered at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import re
+import time
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from sagaflow._optional import require
+from sagaflow.errors import (
+    ConfigurationError,
+    PublishError,
+    TransportUnavailableError,
+)
+from sagaflow.transports._common import (
+    RECONNECT_POLICY,
+    BatchSizer,
+    DeadLetter,
+    PullIterator,
+    check_messages,
+    ensure_open,
+    logger,
+    mask_url,
+    retry_publish,
+    sleep_or_closed,
+)
+from sagaflow.transports.base import Delivery, Message, TransportFeatures, validate_name
+
+_nats = require("nats", "nats")
+_errors = require("nats.errors", "nats")
+_js_errors = require("nats.js.errors", "nats")
+_api = require("nats.js.api", "nats")
+
+__all__ = ["NatsJetStreamTransport"]
+
+_MSG_ID = "Nats-Msg-Id"
+_KEY = "Sagaflow-Key"
+_REASON = "Sagaflow-Reason"
+_UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
+# Connection-level failures worth retrying after a pause.
+_RETRYABLE: tuple[type[BaseException], ...] = (
+    _errors.ConnectionClosedError,
+    _errors.TimeoutError,
+    _errors.NoServersError,
+    _errors.OutboundBufferLimitError,
+    _errors.ConnectionReconnectingError,
+    _js_errors.NoStreamResponseError,
+    _js_errors.ServiceUnavailableError,
+    asyncio.TimeoutError,
+    OSError,
+)
+
+
+def _token(name: str) -> str:
+    """A stream/consumer-safe, collision-free name for a topic or group."""
+    digest = hashlib.sha1(name.encode(), usedforsecurity=False).hexdigest()[:8]
+    return f"{_UNSAFE.sub('_', name)}_{digest}"
+
+
+@dataclass(eq=False)
+class _Subscription:
+    topic: str
+    group: str
+    stream: str
+    subject: str
+    durable: str
+    psub: Any = None
+    sizer: BatchSizer = field(default_factory=lambda: BatchSizer(1))
+    outstanding: dict[int, Any] = field(default_factory=dict)
+    failures: int = 0
+    iterator: PullIterator[_NatsDelivery] | None = None
+
+
+class _NatsDelivery:
+    """One JetStream delivery."""
+
+    __slots__ = ("_attempt", "_message", "_msg", "_settled", "_sub", "_transport")
+
+    def __init__(
+        self, transport: NatsJetStreamTransport, sub: _Subscription, msg: Any, message: Message
+    ) -> None:
+        self._transport = transport
+        self._sub = sub
+        self._msg = msg
+        self._message = message
+        self._attempt = int(msg.metadata.num_delivered)
+        self._settled = False
+
+    @property
+    def message(self) -> Message:
+        """The delivered message."""
+        return self._message
+
+    @property
+    def attempt(self) -> int:
+        """The server's delivery count for this message and group (1 the first time)."""
+        return self._attempt
+
+    def _settle(self) -> bool:
+        if self._settled:
+            return False
+        ensure_open(self._transport._closed.is_set(), "NatsJetStreamTransport")
+        self._settled = True
+        self._sub.outstanding.pop(id(self), None)
+        return True
+
+    async def ack(self) -> None:
+        """``ACK`` the message."""
+        if self._settle():
+            await self._transport._guard(self._msg.ack())
+
+    async def nack(self, *, delay: float = 0.0) -> None:
+        """``NAK`` the message; the server redelivers it after ``delay`` seconds."""
+        if self._settle():
+            await self._transport._guard(self._msg.nak(delay=delay if delay > 0 else None))
+
+    async def dead_letter(self, reason: str) -> None:
+        """Publish to the DLQ stream with ``reason``, then ``TERM`` the original."""
+        if self._settle():
+            await self._transport._dead_letter(self, reason)
+
+
+class NatsJetStreamTransport:
+    """Transport over NATS JetStream (see the module docstring).
+
+    Args:
+        url: ``nats://`` or ``tls://`` URL (comma-separated for a cluster).
+        stream_prefix: Prefix of stream names.
+        subject_prefix: First subject token of every topic.
+        batch_size: Messages requested per pull.
+        block: Seconds one pull waits for messages.
+        ack_wait: Seconds before the server redelivers an unacknowledged message.
+        max_deliveries: Deliveries before the transport dead-letters a message.
+        max_ack_pending: Unacknowledged messages the server hands one group at a time.
+        max_payload: Largest body accepted, in bytes (the server's limit, 1 MiB by
+            default, also counts headers).
+        connect_options: Extra keyword arguments for ``nats.connect`` (``tls``,
+            ``user_credentials``, ``nkeys_seed``, ...).
+    """
+
+    def __init__(
+        self,
+        url: str = "nats://127.0.0.1:4222",
+        *,
+        stream_prefix: str = "SAGAFLOW_",
+        subject_prefix: str = "sagaflow",
+        batch_size: int = 200,
+        block: float = 1.0,
+        ack_wait: float = 60.0,
+        max_deliveries: int = 25,
+        max_ack_pending: int = 10_000,
+        max_payload: int = 1024 * 1024 - 64 * 1024,
+        connect_options: dict[str, Any] | None = None,
+    ) -> None:
+        if batch_size < 1 or block <= 0 or ack_wait <= 0 or max_deliveries < 1:
+            raise ConfigurationError(
+                "batch_size, block, ack_wait and max_deliveries must be positive"
+            )
+        validate_name("subject prefix", subject_prefix)
+        self._url = url
+        self._stream_prefix = _UNSAFE.sub("_", stream_prefix)
+        self._subject_prefix = subject_prefix
+        self._batch = batch_size
+        self._block = block
+        self._ack_wait = ack_wait
+        self._max_deliveries = max_deliveries
+        self._max_ack_pending = max_ack_pending
+        self._connect_options = connect_options or {}
+        self.features = TransportFeatures(
+            persistent=True,
+            ordered=True,
+            competing_consumers=True,
+            native_delay=True,
+            native_dead_letter=True,
+            max_payload=max_payload,
+        )
+        self._nc: Any = None
+        self._js: Any = None
+        self._lock = asyncio.Lock()
+        self._closed = asyncio.Event()
+        self._streams: set[str] = set()
+        self._subs: set[_Subscription] = set()
+
+    def __repr__(self) -> str:
+        return f"NatsJetStreamTransport({mask_url(self._url)!r})"
+
+    # --- naming ------------------------------------------------------------------------
+
+    def subject(self, topic: str) -> str:
+        """Return the subject messages of ``topic`` are published on."""
+        return f"{self._subject_prefix}.{topic}"
+
+    def stream_name(self, topic: str) -> str:
+        """Return the name of ``topic``'s stream."""
+        return f"{self._stream_prefix}{_token(topic)}"
+
+    @property
+    def dead_letter_stream(self) -> str:
+        """Name of the stream holding dead letters of every topic."""
+        return f"{self._stream_prefix}DLQ"
+
+    def _dlq_subject(self, topic: str) -> str:
+        return f"{self._subject_prefix}_dlq.{topic}"
+
+    # --- connection --------------------------------------------------------------------
+
+    async def _connect(self) -> Any:
+        if self._js is not None:
+            return self._js
+        async with self._lock:
+            ensure_open(self._closed.is_set(), "NatsJetStreamTransport")
+            if self._js is None:
+                options = {
+                    "servers": [s.strip() for s in self._url.split(",")],
+                    "allow_reconnect": True,
+                    "max_reconnect_attempts": -1,
+                    "reconnect_time_wait": 0.5,
+                    "connect_timeout": 2,
+                    "error_cb": self._on_error,
+                }
+                options.update(self._connect_options)
+                try:
+                    self._nc = await _nats.connect(**options)
+                except Exception as exc:
+                    raise TransportUnavailableError(
+                        f"NATS at {mask_url(self._url)} is unreachable: {type(exc).__name__}"
+                    ) from exc
+                self._js = self._nc.jetstream()
+        return self._js
+
+    async def _on_error(self, exc: Exception) -> None:
+        logger.debug("NATS connection error: %s", type(exc).__name__)
+
+    async def _ensure_stream(self, topic: str) -> None:
+        name = self.stream_name(topic)
+        if name in self._streams:
+            return
+        js = await self._connect()
+        await self._add_stream(
+            js,
+            _api.StreamConfig(
+                name=name,
+                subjects=[self.subject(topic)],
+                retention=_api.RetentionPolicy.INTEREST,
+                storage=_api.StorageType.FILE,
+            ),
+        )
+        self._streams.add(name)
+
+    async def _ensure_dlq(self) -> None:
+        if self.dead_letter_stream in self._streams:
+            return
+        js = await self._connect()
+        await self._add_stream(
+            js,
+            _api.StreamConfig(
+                name=self.dead_letter_stream,
+                subjects=[f"{self._subject_prefix}_dlq.>"],
+                retention=_api.RetentionPolicy.LIMITS,
+                storage=_api.StorageType.FILE,
+            ),
+        )
+        self._streams.add(self.dead_letter_stream)
+
+    @staticmethod
+    async def _add_stream(js: Any, config: Any) -> None:
+        try:
+            await js.add_stream(config)
+        except _js_errors.BadRequestError as exc:
+            # 10058: the stream exists with another configuration; respect the operator's.
+            if getattr(exc, "err_code", None) != 10058:
+                raise
+
+    # --- publish -----------------------------------------------------------------------
+
+    async def publish(self, messages: Sequence[Message]) -> None:
+        """Publish ``messages`` pipelined and wait for every ``PubAck``.
+
+        Raises:
+            MessageTooLargeError: A body exceeds ``features.max_payload`` (nothing sent).
+            TransportUnavailableError: NATS could not be reached or did not answer.
+            PublishError: JetStream refused a message.
+            TransportClosedError: The transport is closed.
+        """
+        ensure_open(self._closed.is_set(), "NatsJetStreamTransport")
+        check_messages(messages, self.features.max_payload)
+        if not messages:
+            return
+
+        async def send() -> None:
+            for topic in {m.topic for m in messages}:
+                await self._ensure_stream(topic)
+            js = await self._connect()
+            futures = []
+            try:
+                for m in messages:
+                    headers = {**m.headers, _MSG_ID: m.id}
+                    if m.key is not None:
+                        headers[_KEY] = m.key
+                    futures.append(
+                        await js.publish_async(self.subject(m.topic), m.body, headers=headers)
+                    )
+                await asyncio.wait_for(asyncio.gather(*futures), timeout=10.0)
+            except _js_errors.NoStreamResponseError:
+                self._streams.clear()  # server lost its streams (restart without storage)
+                raise
+            finally:
+                for future in futures:
+                    if not future.done():
+                        future.cancel()
+
+        try:
+            await retry_publish(send, retry_on=_RETRYABLE)
+        except _RETRYABLE as exc:
+            raise TransportUnavailableError(
+                f"NATS at {mask_url(self._url)} did not confirm: {type(exc).__name__}"
+            ) from exc
+        except _js_errors.APIError as exc:
+            raise PublishError(f"JetStream refused a publish: {exc}") from exc
+
+    # --- subscribe ---------------------------------------------------------------------
+
+    def subscribe(self, topic: str, *, group: str) -> AsyncIterator[Delivery]:
+        """Iterate deliveries of ``topic`` for ``group`` (see the module docstring).
+
+        Raises:
+            ConfigurationError: ``topic`` or ``group`` is not a safe name.
+            TransportClosedError: The transport is closed.
+        """
+        validate_name("topic", topic)
+        validate_name("group", group)
+        ensure_open(self._closed.is_set(), "NatsJetStreamTransport")
+        sub = self._new_subscription(topic, group)
+        sub.iterator = PullIterator(
+            lambda: self._fetch(sub), self._closed, lambda items: self._release(sub, items)
+        )
+        self._subs.add(sub)
+        return sub.iterator
+
+    def _new_subscription(self, topic: str, group: str) -> _Subscription:
+        return _Subscription(
+            topic=topic,
+            group=group,
+            stream=self.stream_name(topic),
+            subject=self.subject(topic),
+            durable=_token(group),
+            sizer=BatchSizer(self._batch),
+        )
+
+    def _consumer_config(self, sub: _Subscription) -> Any:
+        return _api.ConsumerConfig(
+            durable_name=sub.durable,
+            ack_policy=_api.AckPolicy.EXPLICIT,
+            deliver_policy=_api.DeliverPolicy.NEW,
+            ack_wait=self._ack_wait,
+            max_deliver=self._max_deliveries + 1,
+            max_ack_pending=self._max_ack_pending,
+            filter_subject=sub.subject,
+        )
+
+    async def _bind(self, sub: _Subscription) -> None:
+        await self._ensure_stream(sub.topic)
+        js = await self._connect()
+        config = self._consumer_config(sub)
+        sub.psub = await js.pull_subscribe(
+            sub.subject, durable=sub.durable, stream=sub.stream, config=config
+        )
+
+    async def _fetch(self, sub: _Subscription) -> list[_NatsDelivery]:
+        while not self._closed.is_set():
+            try:
+                if sub.psub is None:
+                    await self._bind(sub)
+                msgs = await sub.psub.fetch(sub.sizer.current, timeout=self._block)
+                sub.sizer.update(len(msgs))
+                sub.failures = 0
+            except (_errors.TimeoutError, TimeoutError):
+                return []  # nothing to read within `block`
+            except TransportUnavailableError as exc:
+                await self._backoff(sub, exc)
+                return []
+            except (_errors.Error, _js_errors.Error, OSError) as exc:
+                # Rebind: the consumer or stream may be gone after a server restart.
+                with contextlib.suppress(Exception):
+                    await sub.psub.unsubscribe()
+                sub.psub = None
+                self._streams.discard(sub.stream)
+                await self._backoff(sub, exc)
+                return []
+            # One round per call (maybe empty): an iterator being closed waits for at
+            # most one pull.
+            return await self._deliverable(sub, msgs)
+        return []
+
+    async def _backoff(self, sub: _Subscription, exc: BaseException) -> None:
+        sub.failures += 1
+        delay = RECONNECT_POLICY.delay(sub.failures)
+        logger.warning(
+            "NATS at %s: %s; retrying in %.2fs", mask_url(self._url), type(exc).__name__, delay
+        )
+        await sleep_or_closed(delay, self._closed)
+
+    async def _deliverable(self, sub: _Subscription, msgs: list[Any]) -> list[_NatsDelivery]:
+        out = []
+        for msg in msgs:
+            headers = dict(msg.headers or {})
+            message = Message(
+                id=headers.pop(_MSG_ID, ""),
+                topic=sub.topic,
+                body=msg.data,
+                headers=headers,
+                key=headers.pop(_KEY, None),
+            )
+            delivery = _NatsDelivery(self, sub, msg, message)
+            if delivery.attempt > self._max_deliveries:
+                # The server would stop delivering it silently; dead-letter it instead.
+                delivery._settled = True
+                await self._dead_letter(
+                    delivery,
+                    f"delivered {delivery.attempt} times (max {self._max_deliveries})",
+                )
+                continue
+            sub.outstanding[id(delivery)] = delivery
+            out.append(delivery)
+        return out
+
+    # --- settling ----------------------------------------------------------------------
+
+    async def _guard(self, operation: Any) -> None:
+        try:
+            await operation
+        except (_errors.Error, OSError) as exc:
+            # The server redelivers after ack_wait; at-least-once holds.
+            raise TransportUnavailableError(
+                f"NATS unreachable while settling: {type(exc).__name__}"
+            ) from exc
+
+    async def _dead_letter(self, delivery: _NatsDelivery, reason: str) -> None:
+        message, sub = delivery.message, delivery._sub
+        headers = {
+            **message.headers,
+            _MSG_ID: f"{message.id}:{sub.group}:dlq",
+            _REASON: reason,
+            "Sagaflow-Group": sub.group,
+            "Sagaflow-Topic": message.topic,
+            "Sagaflow-Attempt": str(delivery.attempt),
+            "Sagaflow-Message-Id": message.id,
+            "Sagaflow-Failed-At": str(time.time()),
+        }
+        if message.key is not None:
+            headers[_KEY] = message.key
+        try:
+            await self._ensure_dlq()
+            js = await self._connect()
+            await js.publish(self._dlq_subject(message.topic), message.body, headers=headers)
+            await delivery._msg.term()
+        except (_errors.Error, _js_errors.Error, OSError) as exc:
+            # Not terminated: the server redelivers it and the handler may dead-letter again.
+            raise TransportUnavailableError(
+                f"NATS unreachable while dead-lettering: {type(exc).__name__}"
+            ) from exc
+
+    async def _release(self, sub: _Subscription, _items: object = None) -> None:
+        """Stop ``sub`` and NAK every delivery it handed out and nobody settled.
+
+        Settling those deliveries later is a no-op.
+        """
+        self._subs.discard(sub)
+        # Drop our pull subscription first: a pull request still open on the server
+        # would otherwise receive the NAKed messages into an inbox nobody reads, and
+        # they would only come back after ack_wait.
+        if sub.psub is not None:
+            with contextlib.suppress(Exception):
+                await sub.psub.unsubscribe()
+                await self._nc.flush(timeout=2)
+            sub.psub = None
+        deliveries = list(sub.outstanding.values())
+        sub.outstanding.clear()
+        for delivery in deliveries:
+            delivery._settled = True
+        for delivery in deliveries:
+            with contextlib.suppress(Exception):
+                # A synchronous NAK (request/reply): the server has processed it
+                # before close() returns, so a consumer that starts right after
+                # sees the message at once.
+                await self._nc.request(delivery._msg.reply, b"-NAK", timeout=2)
+
+    # --- dead letters ------------------------------------------------------------------
+
+    async def dead_letters(
+        self, topic: str, *, group: str | None = None, limit: int = 100
+    ) -> list[DeadLetter]:
+        """Return up to ``limit`` dead letters of ``topic`` (of ``group``), oldest first."""
+        ensure_open(self._closed.is_set(), "NatsJetStreamTransport")
+        validate_name("topic", topic)
+        await self._ensure_dlq()
+        js = await self._connect()
+        out: list[DeadLetter] = []
+        info = await js.stream_info(self.dead_letter_stream)
+        seq = info.state.first_seq
+        subject = self._dlq_subject(topic)
+        while seq <= info.state.last_seq and len(out) < limit:
+            try:
+                raw = await js.get_msg(self.dead_letter_stream, seq=seq, next=True, subject=subject)
+            except _js_errors.NotFoundError:
+                break
+            seq = raw.seq + 1
+            letter = self._dead_letter_from(topic, raw)
+            if group is None or letter.group == group:
+                out.append(letter)
+        return out
+
+    @staticmethod
+    def _dead_letter_from(topic: str, raw: Any) -> DeadLetter:
+        headers = dict(raw.headers or {})
+        reason = headers.pop(_REASON, "")
+        group = headers.pop("Sagaflow-Group", "")
+        attempt = int(headers.pop("Sagaflow-Attempt", "0"))
+        msg_id = headers.pop("Sagaflow-Message-Id", "")
+        for extra in (_MSG_ID, "Sagaflow-Topic", "Sagaflow-Failed-At"):
+            headers.pop(extra, None)
+        key = headers.pop(_KEY, None)
+        message = Message(id=msg_id, topic=topic, body=raw.data or b"", headers=headers, key=key)
+        return DeadLetter(
+            topic=topic,
+            group=group,
+            message=message,
+            reason=reason,
+            attempt=attempt,
+            ref=str(raw.seq),
+        )
+
+    async def declare(self, topic: str, *, group: str) -> None:
+        """Create ``topic``'s stream and ``group``'s durable consumer now."""
+        validate_name("topic", topic)
+        validate_name("group", group)
+        ensure_open(self._closed.is_set(), "NatsJetStreamTransport")
+        sub = self._new_subscription(topic, group)
+        try:
+            await self._ensure_stream(topic)
+            js = await self._connect()
+            await js.add_consumer(sub.stream, self._consumer_config(sub))
+        except (_errors.Error, _js_errors.Error, OSError) as exc:
+            raise TransportUnavailableError(
+                f"NATS could not declare {topic}/{group}: {type(exc).__name__}"
+            ) from exc
+
+    # --- close -------------------------------------------------------------------------
+
+    async def close(self) -> None:
+        """Stop subscriptions, NAK unsettled deliveries, close the connection."""
+        if self._closed.is_set():
+            return
+        self._closed.set()
+        for sub in list(self._subs):
+            if sub.iterator is not None:
+                await sub.iterator.settle_in_flight(wait=self._block + 2)
+            await self._release(sub)
+        if self._nc is not None:
+            with contextlib.suppress(Exception):
+                await self._nc.flush(timeout=2)
+            with contextlib.suppress(Exception):
+                await self._nc.close()
