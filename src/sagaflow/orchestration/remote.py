@@ -116,7 +116,8 @@ class RemoteSteps:
             step a ``timeout``: without one, a lost reply waits forever.
         """
         failures = failure if isinstance(failure, tuple) else (failure,)
-        for reply_type in (success, *failures):
+        reply_types: tuple[type[Event], ...] = (success, *failures)
+        for reply_type in reply_types:
             self._listen(reply_type)
 
         async def remote_action(ctx: StepContext[Any]) -> StepResult:
