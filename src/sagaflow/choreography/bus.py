@@ -113,7 +113,8 @@ class EventBus:
 
     Args:
         transport: Moves the messages (default: a new `MemoryTransport`).
-        registry: Event classes by wire name (default: the default registry).
+        registry: Event classes by wire name (default: the serializer's, else the
+            default registry).
         serializer: Encodes and decodes messages (default: `JsonSerializer` over
             ``registry``); give one with a `HmacSigner` to sign.
         source: The CloudEvents ``source`` of published events (this service).
@@ -157,7 +158,10 @@ class EventBus:
     ) -> None:
         self.clock: Clock = clock or SystemClock()
         self.transport: Transport = transport or MemoryTransport(clock=self.clock)
-        self.registry = registry if registry is not None else default_registry
+        if registry is None:
+            # A serializer given without a registry brings its own.
+            registry = getattr(serializer, "registry", None)
+        self.registry: EventRegistry = registry if registry is not None else default_registry
         self.serializer: Serializer = serializer or JsonSerializer(self.registry)
         self.source = source
         self.inbox: Inbox = inbox if inbox is not None else MemoryInbox()

@@ -71,7 +71,7 @@ class BusStats:
     settle_errors: int = 0
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(frozen=True, slots=True, kw_only=True, eq=False)
 class Subscription:
     """A handler subscribed to an event class for a consumer group.
 
