@@ -73,6 +73,10 @@ def encode_data(data: Mapping[str, Any] | None) -> str | None:
 def encode_records(records: Sequence[SagaRecord]) -> str:
     """Encode records as one JSON array of ``{kind, step, attempt, at, data}`` objects.
 
+    ``data`` is itself JSON *text* (a string inside the array), so that a
+    database unpacking the array hands it over untouched: PostgreSQL would
+    otherwise refuse an escaped NUL character while unpacking.
+
     Raises:
         SerializationError: Some record data has no JSON form.
     """
@@ -82,14 +86,11 @@ def encode_records(records: Sequence[SagaRecord]) -> str:
             "step": r.step,
             "attempt": int(r.attempt),
             "at": float(r.at),
-            "data": None if r.data is None else dict(r.data),
+            "data": encode_data(r.data),
         }
         for r in records
     ]
-    try:
-        return pydantic_core.to_json(rows, inf_nan_mode="null").decode()
-    except (pydantic_core.PydanticSerializationError, TypeError, ValueError) as exc:
-        raise SerializationError(f"saga record data is not JSON-serializable: {exc}") from exc
+    return pydantic_core.to_json(rows).decode()
 
 
 def decode_data(text: str | bytes | None) -> dict[str, Any] | None:

@@ -79,6 +79,7 @@ SCHEMA_VERSION: Final = 1
 _Params = dict[str, Any]
 _Conn = psycopg.AsyncConnection[Any]
 T = TypeVar("T")
+_Outcome = tuple[PendingWrite, Any, BaseException | None]
 
 
 class PostgresSagaStore:
@@ -211,31 +212,43 @@ class PostgresSagaStore:
                 self._idle.set()
 
     async def _run_batch(self, batch: list[PendingWrite]) -> None:
-        """Run a batch of writes as (at most) two statements and settle each write."""
+        """Run a batch of writes (creates, then appends) and settle each write."""
         creates = [w for w in batch if w.kind == "create"]
         appends = [w for w in batch if w.kind == "append"]
+        if creates:
+            await self._run_phase(creates, self._run_creates)
+        if appends:
+            await self._run_phase(appends, self._run_appends)
+
+    async def _run_phase(
+        self,
+        writes: list[PendingWrite],
+        statement: Callable[[_Conn, list[PendingWrite]], Awaitable[list[_Outcome]]],
+    ) -> None:
+        """Run one batch statement in its own transaction, then settle its writes."""
         try:
             await self._ensure_ready()
             async with self._pool.connection() as conn:
-                if creates:
-                    await self._run_creates(conn, creates)
-                if appends:
-                    await self._run_appends(conn, appends)
+                outcomes = await statement(conn, writes)
         except (psycopg.Error, PoolTimeout, PoolClosed) as exc:
-            unsettled = [w for w in batch if not w.future.done()]
-            if len(unsettled) > 1 and isinstance(exc, psycopg.errors.TransactionRollback):
-                # A deadlock with another process's batch: redo the writes one by one
-                # (each statement locks a single saga row and cannot deadlock).
-                for write in unsettled:
-                    await self._run_batch([write])
+            if len(writes) > 1 and isinstance(exc, psycopg.errors.TransactionRollback):
+                # A deadlock with another process's batch (nothing was written):
+                # redo the writes one by one; a single-row statement cannot deadlock.
+                for write in writes:
+                    await self._run_phase([write], statement)
                 return
-            for write in unsettled:
+            for write in writes:
                 write.settle(error=_map_error(exc, self._where))
+            return
         except StoreError as exc:  # e.g. SchemaVersionError while getting ready
-            for write in batch:
+            for write in writes:
                 write.settle(error=exc)
+            return
+        # Acknowledge only now: leaving the block committed (on a pool without autocommit).
+        for write, result, error in outcomes:
+            write.settle(result, error)
 
-    async def _run_creates(self, conn: _Conn, creates: list[PendingWrite]) -> None:
+    async def _run_creates(self, conn: _Conn, creates: list[PendingWrite]) -> list[_Outcome]:
         now = self._clock.now()
         expires = [now + w.payload.lease for w in creates]
         if len(creates) == 1:
@@ -250,13 +263,14 @@ class PostgresSagaStore:
             cursor = await conn.execute(self._sql.create, {"batch": _array(parts)})
         rows = await cursor.fetchall()
         created = {r[0] for r in rows}
-        for write, expiry in zip(creates, expires, strict=True):
-            if write.saga_id in created:
-                write.settle(Claim(write.saga_id, 1, expiry))
-            else:
-                write.settle(error=SagaAlreadyExistsError(write.saga_id))
+        return [
+            (w, Claim(w.saga_id, 1, e), None)
+            if w.saga_id in created
+            else (w, None, SagaAlreadyExistsError(w.saga_id))
+            for w, e in zip(creates, expires, strict=True)
+        ]
 
-    async def _run_appends(self, conn: _Conn, appends: list[PendingWrite]) -> None:
+    async def _run_appends(self, conn: _Conn, appends: list[PendingWrite]) -> list[_Outcome]:
         if len(appends) == 1:
             (write,) = appends
             params = dict(write.payload.header, records=write.payload.records)
@@ -273,19 +287,21 @@ class PostgresSagaStore:
             ids = [w.saga_id for w in failed]
             cursor = await conn.execute(self._sql.heads, {"ids": ids})
             heads = {r[0]: r[1:] for r in await cursor.fetchall()}
+        outcomes: list[_Outcome] = []
         for write in appends:
             if write.saga_id in versions:
-                write.settle(versions[write.saga_id])
+                outcomes.append((write, versions[write.saga_id], None))
                 continue
+            payload: _Append = write.payload
             try:
-                payload: _Append = write.payload
                 _check_write(
                     write.saga_id, heads.get(write.saga_id), payload.token, payload.expected
                 )
                 # The row matched again by the time we looked: it changed and we lost.
                 raise ConcurrencyError(write.saga_id, expected_version=payload.expected)
             except StoreError as exc:
-                write.settle(error=exc)
+                outcomes.append((write, None, exc))
+        return outcomes
 
     # -- reading ---------------------------------------------------------------------
 
@@ -627,12 +643,12 @@ class _Sql:
         # unpacked server-side; record order comes from WITH ORDINALITY.
         records_of_batch = """
             INSERT INTO {s}.records (saga_id, seq, kind, step, attempt, at, data)
-            SELECT b.id, %(start)s + r.ord::int - 1, r.kind, r.step, r.attempt, r.at, r.data
+            SELECT b.id, %(start)s + r.ord::int - 1, r.kind, r.step, r.attempt, r.at, r.data::json
             FROM batch b
             JOIN head h ON h.id = b.id
             CROSS JOIN LATERAL ROWS FROM (
                 json_to_recordset(b.records)
-                AS (kind text, step text, attempt int, at float8, data json)
+                AS (kind text, step text, attempt int, at float8, data text)
             ) WITH ORDINALITY AS r(kind, step, attempt, at, data, ord)"""
         self.create = _q(
             """WITH batch AS (
@@ -677,10 +693,10 @@ class _Sql:
         # for the common case of a batch of one.
         records_of_one = """
             INSERT INTO {s}.records (saga_id, seq, kind, step, attempt, at, data)
-            SELECT %(id)s, %(start)s + r.ord::int - 1, r.kind, r.step, r.attempt, r.at, r.data
+            SELECT %(id)s, %(start)s + r.ord::int - 1, r.kind, r.step, r.attempt, r.at, r.data::json
             FROM ROWS FROM (
                 json_to_recordset(%(records)s::json)
-                AS (kind text, step text, attempt int, at float8, data json)
+                AS (kind text, step text, attempt int, at float8, data text)
             ) WITH ORDINALITY AS r(kind, step, attempt, at, data, ord)
             WHERE EXISTS (SELECT 1 FROM head)"""
         self.create_one = _q(
@@ -720,7 +736,7 @@ class _Sql:
         # an append that commits while the rows are read.
         self.load = _q(
             """SELECT s.status, s.token, s.owner, s.lease_expires,
-                      r.kind, r.step, r.attempt, r.at, r.data
+                      r.kind, r.step, r.attempt, r.at, r.data::json
                FROM {s}.sagas s
                LEFT JOIN {s}.records r ON r.saga_id = s.id AND r.seq < s.version
                WHERE s.id = %(id)s

@@ -192,7 +192,13 @@ class SagaStoreContract:
         """Data is kept as json values."""
         when = datetime.datetime(2024, 5, 1, 12, 30, tzinfo=datetime.UTC)
         ident = uuid.UUID(int=7)
-        data = {"when": when, "id": ident, "pair": (1, 2), "nested": {"x": [1.5, None, True]}}
+        data = {
+            "when": when,
+            "id": ident,
+            "pair": (1, 2),
+            "nested": {"x": [1.5, None, True]},
+            "nul\x00key": "a\x00b",  # PostgreSQL's jsonb/text refuse NUL; the store must not
+        }
         record = SagaRecord(RecordKind.SAGA_STARTED, at=1.25, data={"saga": "x", **data})
         await store.create("s1", [record], owner="w1", lease=10)
         (loaded,) = (await store.load("s1")).records
@@ -202,6 +208,7 @@ class SagaStoreContract:
             "id": str(ident),
             "pair": [1, 2],
             "nested": {"x": [1.5, None, True]},
+            "nul\x00key": "a\x00b",
         }
         assert (loaded.kind, loaded.step, loaded.attempt, loaded.at) == (
             RecordKind.SAGA_STARTED,
