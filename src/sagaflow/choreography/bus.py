@@ -453,7 +453,7 @@ class EventBus:
             event_id,
             type_name,
             self.source,
-            datetime.now(UTC),
+            datetime.fromtimestamp(self.clock.now(), UTC),
             correlation_id or event_id,
             subject,
             CONTENT_TYPE_JSON,
@@ -613,7 +613,9 @@ class EventBus:
         transport = self.transport
         if not isinstance(transport, MemoryTransport):
             raise ConfigurationError("join() needs a MemoryTransport")
-        async with self.clock.timeout(timeout):
+        # Real time on purpose: this polls in real time, and a fake clock that
+        # jumps ahead while the loop is idle would end the wait too early.
+        async with asyncio.timeout(timeout):
             # Polling is deliberate: the state spans many groups and timers, and
             # this helper is for tests, not for the hot path.
             while self._busy(transport):  # noqa: ASYNC110
