@@ -104,6 +104,7 @@ class _Subscription:
     durable: str
     psub: Any = None
     sizer: BatchSizer = field(default_factory=lambda: BatchSizer(1))
+    last_pull: float = 0.0
     outstanding: dict[int, Any] = field(default_factory=dict)
     failures: int = 0
     iterator: PullIterator[_NatsDelivery] | None = None
@@ -409,6 +410,7 @@ class NatsJetStreamTransport:
             try:
                 if sub.psub is None:
                     await self._bind(sub)
+                sub.last_pull = time.monotonic()
                 msgs = await sub.psub.fetch(sub.sizer.current, timeout=self._block)
                 sub.sizer.update(len(msgs))
                 sub.failures = 0
@@ -504,13 +506,18 @@ class NatsJetStreamTransport:
         Settling those deliveries later is a no-op.
         """
         self._subs.discard(sub)
-        # Drop our pull subscription first: a pull request still open on the server
-        # would otherwise receive the NAKed messages into an inbox nobody reads, and
-        # they would only come back after ack_wait.
         if sub.psub is not None:
+            # A pull request of ours may still be open on the server (nats-py leaves a
+            # lingering one for up to `block` seconds). Messages it delivers, NAKed
+            # ones included, would land in an inbox nobody reads and only come back
+            # after ack_wait, with confused delivery counts. Let it expire, hand back
+            # what it brought, then unsubscribe.
+            await asyncio.sleep(max(0.0, sub.last_pull + self._block + 0.05 - time.monotonic()))
+            for msg in self._drain_pending(sub.psub):
+                delivery = _NatsDelivery(self, sub, msg, Message(id="", topic=sub.topic, body=b""))
+                sub.outstanding[id(delivery)] = delivery
             with contextlib.suppress(Exception):
                 await sub.psub.unsubscribe()
-                await self._nc.flush(timeout=2)
             sub.psub = None
         deliveries = list(sub.outstanding.values())
         sub.outstanding.clear()
@@ -522,6 +529,22 @@ class NatsJetStreamTransport:
                 # before close() returns, so a consumer that starts right after
                 # sees the message at once.
                 await self._nc.request(delivery._msg.reply, b"-NAK", timeout=2)
+
+    @staticmethod
+    def _drain_pending(psub: Any) -> list[Any]:
+        """Take messages nats-py queued for the pull subscription but nobody fetched."""
+        queue = getattr(getattr(psub, "_sub", None), "_pending_queue", None)
+        out = []
+        while queue is not None and not queue.empty():
+            msg = queue.get_nowait()
+            if msg.reply and msg.reply.startswith("$JS.ACK."):  # skip status messages
+                out.append(msg)
+        return out
+
+    async def _drain(self, sub: _Subscription) -> None:
+        if sub.iterator is not None:
+            await sub.iterator.settle_in_flight(wait=self._block + 2)
+        await self._release(sub)
 
     # --- dead letters ------------------------------------------------------------------
 
@@ -590,10 +613,9 @@ class NatsJetStreamTransport:
         if self._closed.is_set():
             return
         self._closed.set()
-        for sub in list(self._subs):
-            if sub.iterator is not None:
-                await sub.iterator.settle_in_flight(wait=self._block + 2)
-            await self._release(sub)
+        await asyncio.gather(
+            *(self._drain(sub) for sub in list(self._subs)), return_exceptions=True
+        )
         if self._nc is not None:
             with contextlib.suppress(Exception):
                 await self._nc.flush(timeout=2)
