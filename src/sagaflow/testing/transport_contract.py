@@ -477,6 +477,36 @@ class TransportContract:
             with pytest.raises(TransportClosedError):
                 await anext(transport.subscribe(topic, group=group))
 
+    async def test_persistent_messages_survive_a_reconnect(
+        self, transport: Transport, topic: str, group: str
+    ) -> None:
+        """A persistent transport keeps unconsumed and unsettled messages across connections."""
+        if not transport.features.persistent:
+            pytest.skip("transport does not declare persistence")
+        async with asyncio.timeout(self.timeout + self.redelivery_timeout):
+            first = await self.consumer(transport, topic, group)
+            taken, waiting = self.message(topic, 1), self.message(topic, 2)
+            await transport.publish([taken, waiting])
+            delivery = await self.receive(first)
+            assert delivery.message.id == taken.id
+            await _close_iterator(first)
+            await self.dispose_transport(transport)  # the process goes away mid-work
+            again = await self.make_transport()
+            try:
+                consumer = await self.consumer(again, topic, group)
+                got = {}
+                for _ in range(2):
+                    d = await self.receive(consumer, within=self.redelivery_timeout)
+                    got[d.message.id] = d.attempt
+                    await d.ack()
+                assert set(got) == {taken.id, waiting.id}, got
+                # A prefetching consumer may have fetched (and counted) both.
+                assert got[taken.id] >= 2, got
+                assert got[waiting.id] >= 1, got
+                await _close_iterator(consumer)
+            finally:
+                await self.dispose_transport(again)
+
     async def test_publish_is_task_safe(self, transport: Transport, topic: str, group: str) -> None:
         """Concurrent publishers lose nothing."""
         async with asyncio.timeout(self.timeout):
