@@ -1,0 +1,273 @@
+"""The order flow with one process per service, over a real broker.
+
+`run_distributed` starts the four services as subprocesses
+(`sagaflow.examples.ecommerce.service`), runs the order service itself (the
+orchestrator with remote steps, or the choreography's order handlers), restarts a
+service that crashes, and asks every service for its end state over the bus.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from sagaflow import Orchestrator, SagaStatus
+from sagaflow.choreography import EventBus
+from sagaflow.examples.ecommerce import choreographed, commands
+from sagaflow.examples.ecommerce.demo import FlowRecorder, summary
+from sagaflow.examples.ecommerce.model import OrderRequest
+from sagaflow.examples.ecommerce.orchestrated import OrderState
+from sagaflow.examples.ecommerce.service import (
+    CRASH_EXIT_CODE,
+    SERVICES,
+    ServiceState,
+    StateRequested,
+    demo_transport,
+    prefixed,
+)
+from sagaflow.examples.ecommerce.services import FAILURE_NAMES, Failures, Services
+from sagaflow.orchestration.context import StepContext
+from sagaflow.orchestration.remote import RemoteSteps
+from sagaflow.orchestration.render import render_timeline
+
+__all__ = ["run_distributed", "run_flows"]
+
+FINAL = ("shipped", "cancelled")
+
+
+class _Fleet:
+    """The service subprocesses of one run; restarts any that crash."""
+
+    def __init__(self, style: str, url: str, prefix: str, failures: list[str], workdir: Path):
+        self.style, self.url, self.prefix = style, url, prefix
+        self.failures = failures
+        self.marker = workdir / f"{prefix}.crashed"
+        self.processes: dict[str, asyncio.subprocess.Process] = {}
+        self.crashes: list[str] = []
+        self._watchers: list[asyncio.Task[None]] = []
+        self._stopping = False
+
+    async def start(self) -> None:
+        await asyncio.gather(*(self._spawn(name) for name in SERVICES))
+        self._watchers = [asyncio.ensure_future(self._watch(name)) for name in SERVICES]
+
+    async def _spawn(self, name: str) -> None:
+        command = [
+            sys.executable, "-m", "sagaflow.examples.ecommerce.service", name,
+            "--style", self.style, "--transport", self.url, "--prefix", self.prefix,
+            "--crash-marker", str(self.marker),
+        ]  # fmt: skip
+        for failure in self.failures:
+            command += ["--fail", failure]
+        process = await asyncio.create_subprocess_exec(*command, stdout=asyncio.subprocess.PIPE)
+        self.processes[name] = process
+        assert process.stdout is not None
+        line = await asyncio.wait_for(process.stdout.readline(), timeout=60)
+        if line.strip() != b"READY":
+            raise RuntimeError(f"the {name} service did not start (exit code {process.returncode})")
+
+    async def _watch(self, name: str) -> None:
+        while not self._stopping:
+            code = await self.processes[name].wait()
+            if self._stopping:
+                return
+            self.crashes.append(f"{name} (exit {code})")
+            print(f"  !! the {name} service crashed (exit code {code}); restarting it")
+            if code != CRASH_EXIT_CODE:
+                return
+            await self._spawn(name)
+
+    async def stop(self) -> None:
+        self._stopping = True
+        for process in self.processes.values():
+            if process.returncode is None:
+                process.terminate()
+        for process in self.processes.values():
+            with contextlib.suppress(ProcessLookupError):
+                await asyncio.wait_for(process.wait(), timeout=20)
+        for watcher in self._watchers:
+            watcher.cancel()
+
+
+@contextlib.asynccontextmanager
+async def _fleet(
+    style: str, url: str, prefix: str, failures: list[str], workdir: Path
+) -> AsyncIterator[_Fleet]:
+    fleet = _Fleet(style, url, prefix, failures, workdir)
+    try:
+        await fleet.start()
+        yield fleet
+    finally:
+        await fleet.stop()
+
+
+async def _collect_state(
+    bus: EventBus, answers: dict[str, dict[str, Any]], request_id: str
+) -> dict[str, Any]:
+    answers.clear()
+    await bus.publish(StateRequested(request_id=request_id))
+    deadline = time.monotonic() + 20
+    # Answers arrive through a handler writing the dict: poll it briefly.
+    while len(answers) < len(SERVICES) and time.monotonic() < deadline:  # noqa: ASYNC110
+        await asyncio.sleep(0.05)
+    merged: dict[str, Any] = {}
+    for part in answers.values():
+        merged.update(part)
+    return merged
+
+
+async def _settled_state(
+    bus: EventBus, answers: dict[str, dict[str, Any]], order_id: str
+) -> dict[str, Any]:
+    """Ask until the notification of the outcome has arrived (choreography is eventual)."""
+    state: dict[str, Any] = {}
+    for attempt in range(40):
+        state = await _collect_state(bus, answers, f"{order_id}-{attempt}")
+        if any(entry[0] == order_id for entry in state.get("notifications", [])):
+            return state
+        await asyncio.sleep(0.25)
+    return state
+
+
+async def _orchestrate(
+    bus: EventBus, request: OrderRequest, store_url: str | None
+) -> tuple[str, str]:
+    from sagaflow.stores import open_store
+
+    remote = RemoteSteps(bus)
+    saga = commands.remote_order_saga(remote)
+    notify = remote.call(
+        lambda ctx: commands.NotifyCustomer(
+            order_id=ctx.state.order_id,
+            kind="cancelled",
+            text="Your order was cancelled; nothing was charged.",
+        ),
+        success=commands.CustomerNotified,
+    )
+    await bus.start()
+    with tempfile.TemporaryDirectory(prefix="sagaflow-demo-") as directory:
+        store = open_store(store_url or f"sqlite:///{Path(directory) / 'sagas.db'}")
+        try:
+            async with Orchestrator(store) as orchestrator:
+                state = OrderState(**request.model_dump())
+                result = await orchestrator.run(saga, state, saga_id=request.order_id)
+        finally:
+            await store.close()
+    outcome = "shipped" if result.status is SagaStatus.COMPLETED else "cancelled"
+    if result.status is SagaStatus.COMPENSATED:
+        context = StepContext(result.saga_id, "order", "notify_cancelled", 1, result.state)
+        await asyncio.wait_for(notify(context), timeout=30)
+    elif result.status is SagaStatus.FAILED:
+        outcome = "needs attention"
+    timeline = render_timeline(result.saga_id, result.status, result.records, saga_name="order")
+    return outcome, timeline
+
+
+async def _choreograph(bus: EventBus, request: OrderRequest, recorder: FlowRecorder) -> str:
+    orders = Services()
+    choreographed.wire(bus, orders, only={"orders"})
+    await bus.start()
+    await choreographed.place_order(bus, orders, request)
+    deadline = time.monotonic() + 90
+    # The order service's own handlers set the outcome: poll it.
+    while orders.orders[request.order_id] not in FINAL and time.monotonic() < deadline:  # noqa: ASYNC110
+        await asyncio.sleep(0.05)
+    return orders.orders[request.order_id]
+
+
+async def _run_style(
+    style: str, failures: list[str], url: str, store_url: str | None, workdir: Path
+) -> dict[str, Any]:
+    prefix = f"demo{uuid.uuid4().hex[:10]}"
+    request = OrderRequest(order_id=f"order-{uuid.uuid4().hex[:6]}")
+    print(f"\n=== {style} over {url.split('://')[0]}: order {request.order_id} ===")
+    recorder = FlowRecorder()
+    answers: dict[str, dict[str, Any]] = {}
+    bus = EventBus(
+        demo_transport(url),
+        source="/orders",
+        topic_for=prefixed(prefix),
+        middleware=[recorder],
+        on_unrouted=lambda envelope: None,
+    )
+
+    @bus.handler(ServiceState, group=f"{prefix}-state-answers")
+    async def collect(event: ServiceState) -> None:
+        answers[event.service] = event.state
+
+    async with _fleet(style, url, prefix, failures, workdir) as fleet, bus:
+        if style == "orchestration":
+            outcome, timeline = await _orchestrate(bus, request, store_url)
+        else:
+            outcome = await _choreograph(bus, request, recorder)
+            timeline = recorder.render(
+                f"choreography, order {request.order_id} (as seen by the order service): "
+                f"{outcome.upper()}"
+            )
+        state = await _settled_state(bus, answers, request.order_id)
+    print(timeline)
+    if fleet.crashes:
+        print(f"  crashed and restarted: {', '.join(fleet.crashes)}")
+    view = Services()
+    view.orders[request.order_id] = outcome
+    _fill(view, state)
+    print(summary(view))
+    # Order ids differ per style: compare the outcome with the id replaced.
+    return _normalized(view.snapshot(), request.order_id)
+
+
+def _fill(view: Services, state: dict[str, Any]) -> None:
+    view.inventory.stock = dict(state.get("stock", {}))
+    view.inventory.reservations = dict.fromkeys(state.get("reservations", []), ("?", 0))
+    view.payments.charges = dict(state.get("charges", {}))
+    view.payments.refunded = dict(state.get("refunds", {}))
+    view.shipping.shipments = dict.fromkeys(state.get("shipments", []), "")
+    view.notifications.sent = dict.fromkeys(state.get("notifications", []), "")
+
+
+def _normalized(snapshot: dict[str, Any], order_id: str) -> dict[str, Any]:
+    def rename(value: Any) -> Any:
+        if isinstance(value, str):
+            return "ORDER" if value == order_id else value
+        if isinstance(value, dict):
+            return {rename(k): rename(v) for k, v in value.items()}
+        if isinstance(value, list | tuple):
+            return type(value)(rename(v) for v in value)
+        return value
+
+    renamed: dict[str, Any] = rename(snapshot)
+    return renamed
+
+
+async def run_flows(
+    styles: Sequence[str], failures: Failures, url: str, store_url: str | None = None
+) -> dict[str, dict[str, Any]]:
+    """Run each style over ``url``; return every service's end state per style.
+
+    Order ids are replaced by ``"ORDER"`` so that the styles can be compared.
+    """
+    names = [name for name in FAILURE_NAMES if getattr(failures, name.replace("-", "_"))]
+    results: dict[str, dict[str, Any]] = {}
+    with tempfile.TemporaryDirectory(prefix="sagaflow-fleet-") as workdir:
+        for style in styles:
+            results[style] = await _run_style(style, names, url, store_url, Path(workdir))
+    return results
+
+
+async def run_distributed(
+    styles: Sequence[str], failures: Failures, url: str, store_url: str | None
+) -> int:
+    """Run each style with one process per service over ``url``; return an exit code."""
+    results = await run_flows(styles, failures, url, store_url)
+    if len(results) == 2:
+        agree = results["orchestration"] == results["choreography"]
+        print(f"\nboth styles reached the same end state: {'yes' if agree else 'NO'}")
+        return 0 if agree else 1
+    return 0
