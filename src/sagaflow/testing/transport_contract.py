@@ -182,13 +182,12 @@ class TransportContract:
     async def assert_quiet(self, iterator: AsyncIterator[Delivery]) -> None:
         """Fail if a delivery arrives within ``quiet_period`` seconds."""
         task = asyncio.ensure_future(anext(iterator))
-        done, _ = await asyncio.wait({task}, timeout=self.quiet_period)
-        if done:
+        await asyncio.wait({task}, timeout=self.quiet_period)
+        task.cancel()
+        await asyncio.wait({task})  # never raises: the outcome is read below
+        if not task.cancelled() and task.exception() is None:
             delivery = task.result()
             pytest.fail(f"unexpected delivery {delivery.message.id} (attempt {delivery.attempt})")
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration):
-            await task
 
     @staticmethod
     def n(delivery: Delivery) -> int:
