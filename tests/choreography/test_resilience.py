@@ -53,3 +53,40 @@ def test_import_sagaflow_choreography_pulls_no_test_tools() -> None:
         "assert not bad, bad"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+async def test_unexpected_errors_hand_the_delivery_back(caplog) -> None:  # type: ignore[no-untyped-def]
+    from sagaflow.serialization import JsonSerializer
+
+    from ._support import REGISTRY
+
+    class Buggy(JsonSerializer):
+        calls = 0
+
+        def decode(self, message):  # type: ignore[no-untyped-def]
+            envelope = super().decode(message)
+            Buggy.calls += 1
+            if Buggy.calls == 1:
+
+                class Weird:  # isinstance() itself blows up: a bug, not bad input
+                    @property
+                    def __class__(self):  # type: ignore[no-untyped-def]
+                        raise RuntimeError("bug")
+
+                return type(envelope)(**{**_fields(envelope), "event": Weird()})
+            return envelope
+
+    seen: list[str] = []
+    async with make_bus(serializer=Buggy(REGISTRY)) as bus:
+        bus.subscribe(OrderPlaced, lambda e: seen.append(e.order_id), group="g")
+        await bus.publish(OrderPlaced(order_id="1"))
+        await bus.join(timeout=5)
+    assert seen == ["1"]
+    assert Buggy.calls == 2
+    assert "unexpected error handling a delivery" in caplog.text
+
+
+def _fields(envelope):  # type: ignore[no-untyped-def]
+    import dataclasses
+
+    return {f.name: getattr(envelope, f.name) for f in dataclasses.fields(envelope)}

@@ -206,9 +206,11 @@ class Pipeline:
                 return False
             return True
         except Exception:
-            # Last resort (a failing dead-letter store, a bug): one bad delivery
-            # must never end consumption. It stays unsettled and comes back.
+            # Last resort (a bug): one bad delivery must never end consumption,
+            # nor sit unsettled until the consumer stops. Hand it back for later.
             logger.exception("unexpected error handling a delivery of group %r", self.group)
+            delay = self.subscription.redelivery.delay(delivery.attempt, self.rng)
+            await self._settle(delivery.nack(delay=delay))
             return False
 
     async def _serialized_core(self, ctx: HandleContext) -> None:
