@@ -1,13 +1,16 @@
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from sagaflow.errors import ConfigurationError, TransportClosedError
 from sagaflow.testing.transport_contract import TransportContract, unique_name
 from sagaflow.transports.base import Message
-from sagaflow.transports.memory import MemoryTransport
+from sagaflow.transports.memory import MemoryDelivery, MemoryTransport
 
 
 class TestMemoryTransport(TransportContract):
@@ -131,3 +134,91 @@ async def test_publish_yields_to_consumers_when_backlogged() -> None:
     assert len(taken) >= 16
     await transport.close()
     await task
+
+
+# --- the transport against a simple model: nothing lost, nothing doubled ----------
+
+GROUPS = ("a", "b")
+CONSUMERS = 2
+
+ops = st.lists(
+    st.one_of(
+        st.tuples(st.just("publish"), st.integers(1, 3)),
+        st.tuples(st.sampled_from(["take", "ack", "nack", "dead", "close"]), st.integers(0, 3)),
+    ),
+    max_size=40,
+)
+
+
+async def run(program: list[tuple[str, int]]) -> None:
+    transport = MemoryTransport(yield_backlog=10_000)
+    consumers = {
+        (g, c): transport.subscribe("topic", group=g) for g in GROUPS for c in range(CONSUMERS)
+    }
+    held: dict[tuple[str, int], list[MemoryDelivery]] = {key: [] for key in consumers}
+    # The model: per group, the ready queue (message numbers) and delivery counts.
+    ready: dict[str, deque[int]] = {g: deque() for g in GROUPS}
+    counts: dict[tuple[str, int], int] = {}
+    outcome: dict[tuple[str, int], str] = {}
+    published = 0
+
+    for op, arg in program:
+        key = (GROUPS[arg % 2], (arg // 2) % CONSUMERS)
+        group = key[0]
+        if op == "publish":
+            batch = list(range(published, published + arg))
+            published += arg
+            await transport.publish(
+                [Message(id=str(n), topic="topic", body=str(n).encode()) for n in batch]
+            )
+            for g in GROUPS:
+                ready[g].extend(batch)
+        elif op == "take" and ready[group]:
+            delivery = await asyncio.wait_for(anext(consumers[key]), 1)
+            expected = ready[group].popleft()
+            counts[(group, expected)] = counts.get((group, expected), 0) + 1
+            assert delivery.message.id == str(expected)  # FIFO within a group
+            assert delivery.attempt == counts[(group, expected)]
+            held[key].append(delivery)
+        elif op in ("ack", "nack", "dead") and held[key]:
+            delivery = held[key].pop(0)
+            number = int(delivery.message.id)
+            if op == "ack":
+                await delivery.ack()
+                outcome[(group, number)] = "acked"
+            elif op == "nack":
+                await delivery.nack()
+                ready[group].append(number)
+            else:
+                await delivery.dead_letter("model")
+                outcome[(group, number)] = "dead"
+        elif op == "close":
+            await consumers[key].aclose()
+            back = sorted(int(d.message.id) for d in held[key])
+            ready[group].extendleft(reversed(back))  # oldest first, at the front
+            held[key] = []
+            consumers[key] = transport.subscribe("topic", group=group)
+
+    # Drain: everything still queued or held ends acked, once.
+    for key, deliveries in held.items():
+        for delivery in deliveries:
+            await delivery.ack()
+            outcome[(key[0], int(delivery.message.id))] = "acked"
+    for group in GROUPS:
+        assert transport.pending("topic", group=group) == len(ready[group])
+        while ready[group]:
+            delivery = await asyncio.wait_for(anext(consumers[(group, 0)]), 1)
+            assert delivery.message.id == str(ready[group].popleft())
+            await delivery.ack()
+            outcome[(group, int(delivery.message.id))] = "acked"
+        assert transport.in_flight("topic", group=group) == 0
+    assert set(outcome) == {(g, n) for g in GROUPS for n in range(published)}
+    dead = {(d.group, int(d.message.id)) for d in transport.dead_letters()}
+    assert dead == {key for key, value in outcome.items() if value == "dead"}
+    await transport.close()
+
+
+@settings(max_examples=150, deadline=None)
+@given(program=ops)
+def test_memory_transport_matches_the_model(program: list[tuple[str, int]]) -> None:
+    asyncio.run(run(program))
