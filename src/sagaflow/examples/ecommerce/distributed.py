@@ -229,7 +229,8 @@ def _fill(view: Services, state: dict[str, Any]) -> None:
     view.payments.charges = dict(state.get("charges", {}))
     view.payments.refunded = dict(state.get("refunds", {}))
     view.shipping.shipments = dict.fromkeys(state.get("shipments", []), "")
-    view.notifications.sent = dict.fromkeys(state.get("notifications", []), "")
+    # JSON turned the (order, kind) tuples into lists: make them keys again.
+    view.notifications.sent = dict.fromkeys(map(tuple, state.get("notifications", [])), "")
 
 
 def _normalized(snapshot: dict[str, Any], order_id: str) -> dict[str, Any]:
