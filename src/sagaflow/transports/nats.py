@@ -252,7 +252,9 @@ class NatsJetStreamTransport:
                 options = {
                     "servers": [s.strip() for s in self._url.split(",")],
                     "allow_reconnect": True,
-                    "max_reconnect_attempts": -1,
+                    # Bounded while connecting the first time (nats-py would otherwise
+                    # loop forever on an unreachable server); unbounded once connected.
+                    "max_reconnect_attempts": 2,
                     "reconnect_time_wait": 0.5,
                     "connect_timeout": 2,
                     "error_cb": self._on_error,
@@ -264,6 +266,9 @@ class NatsJetStreamTransport:
                     raise TransportUnavailableError(
                         f"NATS at {mask_url(self._url)} is unreachable: {type(exc).__name__}"
                     ) from exc
+                self._nc.options["max_reconnect_attempts"] = self._connect_options.get(
+                    "max_reconnect_attempts", -1
+                )
                 self._js = self._nc.jetstream()
         return self._js
 

@@ -185,6 +185,7 @@ class PostgresTransport:
         max_payload: Largest body accepted, in bytes.
         ack_flush_interval: Longest time an ``ack()`` waits before its ``DELETE``.
         pool_size: Maximum connections in the pool (the listener uses one more).
+        connect_timeout: Seconds to wait for the first connection before giving up.
     """
 
     def __init__(
@@ -199,6 +200,7 @@ class PostgresTransport:
         max_payload: int = 1024 * 1024,
         ack_flush_interval: float = 0.02,
         pool_size: int = 5,
+        connect_timeout: float = 10.0,
     ) -> None:
         if not prefix.replace("_", "").isalnum() or not prefix[:1].isalpha():
             raise ConfigurationError(f"invalid table prefix {prefix!r}")
@@ -213,6 +215,7 @@ class PostgresTransport:
         self._poll = poll_interval
         self._max_deliveries = max_deliveries
         self._ack_flush_interval = ack_flush_interval
+        self._connect_timeout = connect_timeout
         self.features = TransportFeatures(
             persistent=True,
             ordered=True,
@@ -247,7 +250,7 @@ class PostgresTransport:
             if self._ready:
                 return
             try:
-                await self._pool.open(wait=True, timeout=10.0)
+                await self._pool.open(wait=True, timeout=self._connect_timeout)
                 async with self._pool.connection() as conn, conn.transaction():
                     # Serialise concurrent CREATE IF NOT EXISTS (they race on catalogs).
                     await conn.execute("SELECT pg_advisory_xact_lock(hashtext('sagaflow_schema'))")
