@@ -26,6 +26,7 @@ psycopg-pool). Design:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -92,7 +93,8 @@ class PostgresSagaStore:
             ``kwargs={"autocommit": True}``.
         schema: PostgreSQL schema holding the store's tables (lower-case letters,
             digits, underscores). Stores with different schemas are independent.
-        pool_size: Most connections the store opens (ignored for a given pool).
+        pool_size: Most connections the store opens, at least 2 (ignored for a
+            given pool). One is kept by the batch writer; reads share the rest.
         min_pool_size: Connections kept open when idle (ignored for a given pool).
         connect_timeout: Seconds to wait for a connection before failing with
             `StoreUnavailableError`.
@@ -117,8 +119,8 @@ class PostgresSagaStore:
             self._owns_pool = True
             self._pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
                 url_or_pool,
-                min_size=min(min_pool_size, pool_size),
-                max_size=pool_size,
+                min_size=min(min_pool_size, max(pool_size, 2)),
+                max_size=max(pool_size, 2),
                 open=False,
                 timeout=connect_timeout,
                 kwargs={"autocommit": True},
@@ -136,6 +138,9 @@ class PostgresSagaStore:
         self._idle = asyncio.Event()
         self._idle.set()
         self._batcher = Batcher(self._run_batch)
+        self._writer: _Conn | None = None
+        # The batch writer keeps one connection; with a pool of one it would starve reads.
+        self._use_writer = self._pool.max_size >= 2
 
     def __repr__(self) -> str:
         return f"PostgresSagaStore({self._where}, schema={self._schema!r})"
@@ -228,8 +233,11 @@ class PostgresSagaStore:
         """Run one batch statement in its own transaction, then settle its writes."""
         try:
             await self._ensure_ready()
-            async with self._pool.connection() as conn:
-                outcomes = await statement(conn, writes)
+            if self._use_writer:
+                outcomes = await self._on_writer(statement, writes)
+            else:
+                async with self._pool.connection() as conn:
+                    outcomes = await statement(conn, writes)
         except (psycopg.Error, PoolTimeout, PoolClosed) as exc:
             if len(writes) > 1 and isinstance(exc, psycopg.errors.TransactionRollback):
                 # A deadlock with another process's batch (nothing was written):
@@ -237,6 +245,7 @@ class PostgresSagaStore:
                 for write in writes:
                     await self._run_phase([write], statement)
                 return
+            await self._after_failure(exc)
             for write in writes:
                 write.settle(error=_map_error(exc, self._where))
             return
@@ -247,6 +256,30 @@ class PostgresSagaStore:
         # Acknowledge only now: leaving the block committed (on a pool without autocommit).
         for write, result, error in outcomes:
             write.settle(result, error)
+
+    async def _on_writer(
+        self,
+        statement: Callable[[_Conn, list[PendingWrite]], Awaitable[list[_Outcome]]],
+        writes: list[PendingWrite],
+    ) -> list[_Outcome]:
+        """Run a batch statement on the connection the drainer keeps between batches.
+
+        Batches run one at a time, so one connection serves them all and the pool
+        checkout per write is saved. A failed connection goes back to the pool
+        (which checks, resets or discards it) and the next batch takes a new one.
+        """
+        if self._writer is None:
+            self._writer = await self._pool.getconn()
+        conn = self._writer
+        try:
+            outcomes = await statement(conn, writes)
+            if not conn.autocommit:
+                await conn.commit()
+        except BaseException:
+            self._writer = None
+            await self._pool.putconn(conn)
+            raise
+        return outcomes
 
     async def _run_creates(self, conn: _Conn, creates: list[PendingWrite]) -> list[_Outcome]:
         now = self._clock.now()
@@ -423,6 +456,9 @@ class PostgresSagaStore:
         self._closed = True
         await self._idle.wait()
         await self._batcher.wait_idle()  # writes whose callers were cancelled still run
+        if self._writer is not None:
+            writer, self._writer = self._writer, None
+            await self._pool.putconn(writer)
         if self._owns_pool and not self._pool.closed:
             await self._pool.close()
 
@@ -437,11 +473,22 @@ class PostgresSagaStore:
             async with self._pool.connection() as conn:
                 return await work(conn)
         except (psycopg.Error, PoolTimeout, PoolClosed) as exc:
+            await self._after_failure(exc)
             raise _map_error(exc, self._where) from exc
         finally:
             self._in_flight -= 1
             if self._in_flight == 0:
                 self._idle.set()
+
+    async def _after_failure(self, exc: Exception) -> None:
+        """After a lost connection, weed out the pool's other dead idle connections.
+
+        When the server restarts, every idle pooled connection is dead; checking
+        them now costs one failed call instead of one per connection.
+        """
+        if isinstance(exc, psycopg.OperationalError) and not self._pool.closed:
+            with contextlib.suppress(Exception):
+                await self._pool.check()
 
     async def _ensure_ready(self) -> None:
         if self._ready:
@@ -534,7 +581,13 @@ def _lock_key(schema: str) -> int:
 
 
 def _map_error(exc: Exception, where: str) -> StoreError:
-    """Translate a psycopg or pool error into a sagaflow `StoreError`."""
+    """Translate a psycopg or pool error into a sagaflow `StoreError` caused by it."""
+    mapped = _translate(exc, where)
+    mapped.__cause__ = exc  # also when the error is delivered through a batch future
+    return mapped
+
+
+def _translate(exc: Exception, where: str) -> StoreError:
     if isinstance(exc, PoolClosed):
         return StoreError("the store is closed")
     if isinstance(exc, PoolTimeout):
