@@ -170,3 +170,30 @@ def test_driver_errors_map_to_store_errors() -> None:
 def test_bad_schema_name_is_refused() -> None:
     with pytest.raises(ValueError, match="schema"):
         PostgresSagaStore("postgresql://127.0.0.1/x", schema="bad; DROP")
+
+
+async def test_deadlocked_batch_is_redone_write_by_write(
+    postgres_url: str, schema: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = PostgresSagaStore(postgres_url, schema=schema)
+    claims = [await store.create(f"s{i}", _first(), owner="w", lease=10) for i in range(6)]
+    real = store._run_appends
+    sizes: list[int] = []
+
+    async def deadlocking(conn: psycopg.AsyncConnection[object], writes: list[object]) -> object:
+        sizes.append(len(writes))
+        if len(writes) > 1:
+            raise psycopg.errors.DeadlockDetected("deadlock detected")
+        return await real(conn, writes)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(store, "_run_appends", deadlocking)
+    done = SagaRecord(RecordKind.STEP_COMPLETED, "reserve", 1)
+    versions = await asyncio.gather(
+        *(
+            store.append(c.saga_id, [done], expected_version=2, fencing_token=c.fencing_token)
+            for c in claims
+        )
+    )
+    assert versions == [3] * 6
+    assert max(sizes) > 1  # a real batch was tried first
+    await store.close()

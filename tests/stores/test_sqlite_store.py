@@ -188,7 +188,7 @@ _WRITER = textwrap.dedent(
     from sagaflow.stores import SQLiteSagaStore
 
     async def main() -> None:
-        store = SQLiteSagaStore(sys.argv[1])
+        store = SQLiteSagaStore(sys.argv[1], synchronous=sys.argv[2])
         first = [SagaRecord(RecordKind.SAGA_STARTED, data={"saga": "crash"})]
         await store.create("s", first, owner="w", lease=60)
         version = 1
@@ -202,10 +202,10 @@ _WRITER = textwrap.dedent(
 )
 
 
-def _write_until_killed(path: Path, count: int) -> int:
+def _write_until_killed(path: Path, count: int, synchronous: str) -> int:
     """Run the writer in a subprocess, SIGKILL it after ``count`` acknowledged appends."""
     proc = subprocess.Popen(
-        [sys.executable, "-c", _WRITER, str(path)], stdout=subprocess.PIPE, text=True
+        [sys.executable, "-c", _WRITER, str(path), synchronous], stdout=subprocess.PIPE, text=True
     )
     assert proc.stdout is not None
     acknowledged = 0
@@ -219,9 +219,10 @@ def _write_until_killed(path: Path, count: int) -> int:
     return acknowledged
 
 
-def test_acknowledged_writes_survive_kill_9(tmp_path: Path) -> None:
+@pytest.mark.parametrize("synchronous", ["FULL", "NORMAL"])
+def test_acknowledged_writes_survive_kill_9(tmp_path: Path, synchronous: str) -> None:
     path = tmp_path / "crash.db"
-    acknowledged = _write_until_killed(path, 200)
+    acknowledged = _write_until_killed(path, 200, synchronous)
 
     async def check() -> None:
         store = SQLiteSagaStore(path)

@@ -239,7 +239,7 @@ class PostgresSagaStore:
                 async with self._pool.connection() as conn:
                     outcomes = await statement(conn, writes)
         except (psycopg.Error, PoolTimeout, PoolClosed) as exc:
-            if len(writes) > 1 and isinstance(exc, psycopg.errors.TransactionRollback):
+            if len(writes) > 1 and _is_rollback(exc):
                 # A deadlock with another process's batch (nothing was written):
                 # redo the writes one by one; a single-row statement cannot deadlock.
                 for write in writes:
@@ -578,6 +578,11 @@ async def _schema_version(conn: _Conn, sql: _Sql) -> int | None:
 def _lock_key(schema: str) -> int:
     digest = hashlib.blake2b(f"sagaflow:{schema}".encode(), digest_size=8).digest()
     return int.from_bytes(digest, "big", signed=True)
+
+
+def _is_rollback(exc: Exception) -> bool:
+    """Whether the server rolled the statement back (deadlock, serialization failure)."""
+    return (getattr(exc, "sqlstate", None) or "").startswith("40")
 
 
 def _map_error(exc: Exception, where: str) -> StoreError:
