@@ -387,13 +387,10 @@ class _Worker:
         conn.execute("SAVEPOINT op")
         try:
             result = job.op(conn)
-        except StoreError as exc:
-            conn.execute("ROLLBACK TO op")
-            conn.execute("RELEASE op")
-            return job, None, exc
-        except sqlite3.Error as exc:
-            if _is_fatal(exc):
-                raise
+        except Exception as exc:
+            if isinstance(exc, sqlite3.Error) and _is_fatal(exc):
+                raise  # I/O trouble dooms the whole transaction, not just this call
+            # Anything else (a failed check, a bad row) is this call's own failure.
             conn.execute("ROLLBACK TO op")
             conn.execute("RELEASE op")
             return job, None, _map_error(exc)
