@@ -420,7 +420,8 @@ class PostgresSagaStore:
     async def renew(self, *, owner: str, claims: Sequence[Claim], lease: float) -> Sequence[Claim]:
         """Extend leases still held (see `SagaStore.renew`)."""
         if not claims:
-            await self._run(_noop)  # still reports a closed store
+            if self._closed:
+                raise StoreError("the store is closed")
             return []
 
         async def run(conn: _Conn) -> list[Claim]:
@@ -501,10 +502,6 @@ class PostgresSagaStore:
             async with self._pool.connection() as conn:
                 await _ensure_schema(conn, self._schema, self._sql)
             self._ready = True
-
-
-async def _noop(conn: _Conn) -> None:
-    return None
 
 
 async def _one(conn: _Conn, query: str, params: _Params) -> tuple[Any, ...] | None:

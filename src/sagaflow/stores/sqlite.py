@@ -30,7 +30,7 @@ import sqlite3
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Final, Literal, TypeVar
+from typing import Any, Final, Literal
 
 from sagaflow.clock import Clock, SystemClock
 from sagaflow.errors import (
@@ -66,7 +66,6 @@ __all__ = ["SQLiteSagaStore"]
 SCHEMA_VERSION: Final = 1
 """The newest schema version this code knows."""
 
-T = TypeVar("T")
 _Row = tuple[str, str | None, int, float, str | None]  # kind, step, attempt, at, data
 _Op = Callable[[sqlite3.Connection], Any]
 
