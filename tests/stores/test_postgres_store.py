@@ -13,6 +13,7 @@ from psycopg import sql
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from sagaflow.errors import (
+    FencedError,
     SagaNotFoundError,
     SchemaVersionError,
     StoreError,
@@ -197,3 +198,31 @@ async def test_deadlocked_batch_is_redone_write_by_write(
     assert versions == [3] * 6
     assert max(sizes) > 1  # a real batch was tried first
     await store.close()
+
+
+async def test_two_workers_share_sagas_without_overlap(postgres_url: str, schema: str) -> None:
+    # Two stores with their own pools stand for two worker processes.
+    a = PostgresSagaStore(postgres_url, schema=schema, pool_size=4)
+    b = PostgresSagaStore(postgres_url, schema=schema, pool_size=4)
+    for i in range(30):
+        await a.create(f"s{i:02d}", _first(), owner="crashed", lease=0)
+    taken = await asyncio.gather(
+        *(
+            store.claim(owner=name, lease=60, limit=4)
+            for _ in range(5)
+            for store, name in ((a, "a"), (b, "b"))
+        )
+    )
+    ids = [c.saga_id for claims in taken for c in claims]
+    assert len(ids) == len(set(ids)) == 30
+    # The creator's token is stale in every process; the claimant's works in any.
+    first = taken[0][0]
+    done = SagaRecord(RecordKind.STEP_COMPLETED, "reserve", 1)
+    with pytest.raises(FencedError):
+        await b.append(first.saga_id, [done], expected_version=2, fencing_token=1)
+    assert (
+        await b.append(first.saga_id, [done], expected_version=2, fencing_token=first.fencing_token)
+        == 3
+    )
+    await a.close()
+    await b.close()
