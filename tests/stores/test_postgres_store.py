@@ -216,7 +216,7 @@ async def test_two_workers_share_sagas_without_overlap(postgres_url: str, schema
     ids = [c.saga_id for claims in taken for c in claims]
     assert len(ids) == len(set(ids)) == 30
     # The creator's token is stale in every process; the claimant's works in any.
-    first = taken[0][0]
+    first = next(c for claims in taken for c in claims)
     done = SagaRecord(RecordKind.STEP_COMPLETED, "reserve", 1)
     with pytest.raises(FencedError):
         await b.append(first.saga_id, [done], expected_version=2, fencing_token=1)
