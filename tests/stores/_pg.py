@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import psycopg
-from psycopg import sql
-
 
 async def drop_schema(url: str, schema: str) -> None:
+    # Imported here so that the memory and SQLite tests run without psycopg.
+    import psycopg
+    from psycopg import sql
+
     async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
         await conn.execute(
             sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema))
