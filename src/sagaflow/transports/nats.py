@@ -10,10 +10,15 @@ Layout::
     stream  {stream_prefix}DLQ              subjects {subject_prefix}_dlq.>
     durable consumer {group}_{hash} on the topic's stream (one per sagaflow group)
 
-* Streams use **interest retention**: a message is kept until every group that
-  existed when it was published has acknowledged it, so the stream never holds
-  what nobody will read and never drops what someone still needs. They are created
-  idempotently; an existing stream's configuration is left as the operator set it.
+* Streams use **limits retention** on file storage, created idempotently (an
+  existing stream's configuration is left as the operator set it). Bound them with
+  ``max_age`` and/or ``max_bytes``; ``max_bytes`` uses ``DiscardPolicy.NEW``, so a
+  full stream refuses publishes (`PublishError`) instead of silently dropping
+  messages a group has not read. Interest retention (drop a message once every
+  group acked it) is available with ``retention="interest"``, but on
+  nats-server 2.9 it lost acknowledged publishes made while the server was
+  restarting (consumers not yet recovered means "no interest"), so it is not the
+  default.
 * Consumers are **durable pull consumers** with ``AckPolicy.EXPLICIT`` (set
   explicitly), ``DeliverPolicy.NEW`` (a group sees what is published after it first
   subscribed), ``AckWait = ack_wait`` (a dead consumer's messages come back after
@@ -42,7 +47,7 @@ import re
 import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from sagaflow._optional import require
 from sagaflow.errors import (
@@ -173,6 +178,10 @@ class NatsJetStreamTransport:
         max_ack_pending: Unacknowledged messages the server hands one group at a time.
         max_payload: Largest body accepted, in bytes (the server's limit, 1 MiB by
             default, also counts headers).
+        retention: ``"limits"`` (keep until ``max_age``/``max_bytes``) or
+            ``"interest"`` (drop once every group acked); see the module docstring.
+        max_age: Seconds a topic's stream keeps a message (``None``: forever).
+        max_bytes: Size cap of a topic's stream; when full, publishes are refused.
         connect_options: Extra keyword arguments for ``nats.connect`` (``tls``,
             ``user_credentials``, ``nkeys_seed``, ...).
     """
@@ -189,6 +198,9 @@ class NatsJetStreamTransport:
         max_deliveries: int = 25,
         max_ack_pending: int = 10_000,
         max_payload: int = 1024 * 1024 - 64 * 1024,
+        retention: Literal["limits", "interest"] = "limits",
+        max_age: float | None = None,
+        max_bytes: int | None = None,
         connect_options: dict[str, Any] | None = None,
     ) -> None:
         if batch_size < 1 or block <= 0 or ack_wait <= 0 or max_deliveries < 1:
@@ -205,6 +217,11 @@ class NatsJetStreamTransport:
         self._max_deliveries = max_deliveries
         self._max_ack_pending = max_ack_pending
         self._connect_options = connect_options or {}
+        if retention not in ("limits", "interest"):
+            raise ConfigurationError(f"retention must be 'limits' or 'interest', not {retention!r}")
+        self._retention = retention
+        self._max_age = max_age
+        self._max_bytes = max_bytes
         self.features = TransportFeatures(
             persistent=True,
             ordered=True,
@@ -285,8 +302,15 @@ class NatsJetStreamTransport:
             _api.StreamConfig(
                 name=name,
                 subjects=[self.subject(topic)],
-                retention=_api.RetentionPolicy.INTEREST,
+                retention=(
+                    _api.RetentionPolicy.INTEREST
+                    if self._retention == "interest"
+                    else _api.RetentionPolicy.LIMITS
+                ),
                 storage=_api.StorageType.FILE,
+                max_age=self._max_age,
+                max_bytes=self._max_bytes,
+                discard=_api.DiscardPolicy.NEW,
             ),
         )
         self._streams.add(name)
