@@ -49,7 +49,6 @@ from sagaflow.orchestration.records import (
 from sagaflow.orchestration.result import SagaResult
 from sagaflow.orchestration.store import SagaStore
 from sagaflow.retry import RetryPolicy
-from sagaflow.stores.memory import MemorySagaStore
 
 __all__ = ["Orchestrator", "RecoveryReport"]
 
@@ -100,7 +99,12 @@ class Orchestrator:
         max_recoveries: int = 5,
     ) -> None:
         self.clock: Clock = clock or SystemClock()
-        self.store: SagaStore = store if store is not None else MemorySagaStore(clock=self.clock)
+        if store is None:
+            # Imported here: the stores package imports orchestration modules.
+            from sagaflow.stores.memory import MemorySagaStore
+
+            store = MemorySagaStore(clock=self.clock)
+        self.store: SagaStore = store
         self.hooks = HookDispatcher(hooks)
         self.owner = owner or f"orchestrator-{uuid.uuid4().hex[:12]}"
         self.lease = lease

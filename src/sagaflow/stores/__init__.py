@@ -13,9 +13,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-# Import the orchestration package before the memory store: the orchestrator
-# imports the memory store, so starting from here must not enter that cycle halfway.
-import sagaflow.orchestration  # noqa: F401
 from sagaflow.stores._factory import open_store
 from sagaflow.stores.memory import MemorySagaStore
 
