@@ -611,6 +611,9 @@ class EventBus:
             TimeoutError: Still busy after ``timeout`` seconds.
         """
         transport = self.transport
+        # Wrappers (fault injection, instrumentation) expose what they wrap as `inner`.
+        while not isinstance(transport, MemoryTransport) and hasattr(transport, "inner"):
+            transport = transport.inner
         if not isinstance(transport, MemoryTransport):
             raise ConfigurationError("join() needs a MemoryTransport")
         # Real time on purpose: this polls in real time, and a fake clock that

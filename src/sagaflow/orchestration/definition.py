@@ -13,6 +13,7 @@ be grouped into a `Parallel` stage whose branches run concurrently.
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import inspect
 import re
@@ -272,6 +273,31 @@ class Saga(Generic[S]):
             return self._plans[step]
         except KeyError:
             raise ConfigurationError(f"saga {self.name!r} has no step {step!r}") from None
+
+    def map_steps(self, change: Callable[[Step], Step]) -> Saga[S]:
+        """Return a copy whose every step went through ``change`` (same name, version, policies).
+
+        Testing tools use it to wrap actions (fault injection, counting runs); the
+        copy runs and recovers exactly like the original otherwise.
+        """
+        stages: list[Step | Parallel] = []
+        for index, stage in enumerate(self.stages):
+            if len(stage) == 1:
+                stages.append(change(stage[0]))
+            else:
+                stages.append(Parallel(f"group{index}", *map(change, stage)))
+        copy: Saga[S] = Saga(
+            self.name,
+            state=self.state_type,
+            steps=stages,
+            version=self.version,
+            deadline=self.deadline,
+        )
+        for step in copy.steps():
+            original = self._plans.get(step.name)
+            if original is not None:
+                copy._plans[step.name] = dataclasses.replace(original, step=step)
+        return copy
 
     def __repr__(self) -> str:
         return f"Saga({self.name!r}, version={self.version}, steps={len(self._plans)})"

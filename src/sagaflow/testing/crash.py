@@ -26,7 +26,7 @@ from pydantic import BaseModel
 
 from sagaflow.errors import SagaNotFoundError
 from sagaflow.orchestration.context import StepContext
-from sagaflow.orchestration.definition import Parallel, Saga, Step, StepResult
+from sagaflow.orchestration.definition import Saga, Step, StepResult
 from sagaflow.orchestration.orchestrator import Orchestrator
 from sagaflow.orchestration.records import Claim, SagaLog, SagaRecord, SagaStatus, SagaSummary
 from sagaflow.orchestration.store import SagaStore
@@ -333,21 +333,4 @@ def _instrumented(saga: Saga[Any], runs: Counter[str]) -> Saga[Any]:
 
         return dataclasses.replace(step, action=counted)
 
-    stages: list[Step | Parallel] = []
-    for index, stage in enumerate(saga.stages):
-        if len(stage) == 1:
-            stages.append(wrap(stage[0]))
-        else:
-            stages.append(Parallel(f"group{index}", *map(wrap, stage)))
-    copy: Saga[Any] = Saga(
-        saga.name,
-        state=saga.state_type,
-        steps=stages,
-        version=saga.version,
-        deadline=saga.deadline,
-    )
-    # Keep the original's resolved retry policies.
-    for step in copy.steps():
-        original = saga.plan(step.name)
-        copy._plans[step.name] = dataclasses.replace(original, step=step)
-    return copy
+    return saga.map_steps(wrap)
