@@ -84,6 +84,16 @@ def default_group(handler: Callable[..., object]) -> str:
     return validate_name("group", name or "handler")
 
 
+def _check_emits(emits: Iterable[type[Event]] | None) -> tuple[type[Event], ...] | None:
+    if emits is None:
+        return None
+    declared = tuple(emits)
+    for cls in declared:
+        if not (isinstance(cls, type) and issubclass(cls, Event)):
+            raise ConfigurationError(f"emits= takes Event subclasses, got {cls!r}")
+    return declared
+
+
 class _ReplayDelivery:
     """A stand-in delivery for `EventBus.replay`: settlement is recorded, not sent."""
 
@@ -128,8 +138,10 @@ class EventBus:
         rng: Random source for backoff jitter (seed it for reproducible tests).
         topic_for: Maps a wire name to its topic (default: the wire name).
         on_unrouted: Called with the envelope of each published event that no
-            subscription of this bus handles (also counted in ``stats.unrouted``
-            and logged). A process that only publishes may ignore it.
+            subscription of this bus handles (also counted in ``stats.unrouted``).
+            Without it, the first unrouted publish of each type is logged at
+            WARNING; with it, at DEBUG (a process whose events other processes
+            consume passes ``on_unrouted=lambda envelope: None``).
         on_dead_letter: Called with each `DeadLetter` after it is stored.
         close_transport: Close the transport on `stop`; default: only when the bus
             created it.
@@ -213,6 +225,7 @@ class EventBus:
         redelivery: RetryPolicy | None = None,
         concurrency: int = 1,
         ordered_by_key: bool = False,
+        emits: Iterable[type[Event]] | None = None,
     ) -> Subscription:
         """Call ``handler`` with every event of ``event_type`` (or a subclass) for ``group``.
 
@@ -229,6 +242,9 @@ class EventBus:
             concurrency: Events of this subscription handled at once.
             ordered_by_key: Handle events with the same partition key one at a
                 time, in order (see `Consumer`).
+            emits: The event classes the handler may publish (documentation for
+                topology checks and diagrams; not enforced). Give ``()`` for a
+                handler that publishes nothing.
 
         Returns:
             The subscription.
@@ -248,6 +264,7 @@ class EventBus:
             raise TransportClosedError("the event bus is stopped")
         name = validate_name("group", group) if group is not None else default_group(handler)
         self._check_group(name, event_type)
+        declared = _check_emits(emits)
         subscription = Subscription(
             event_type=event_type,
             handler=handler,
@@ -256,6 +273,7 @@ class EventBus:
             redelivery=redelivery or self.redelivery,
             concurrency=concurrency,
             ordered_by_key=ordered_by_key,
+            emits=declared,
         )
         self._subscriptions.append(subscription)
         self._routes.clear()
@@ -272,12 +290,13 @@ class EventBus:
         redelivery: RetryPolicy | None = None,
         concurrency: int = 1,
         ordered_by_key: bool = False,
+        emits: Iterable[type[Event]] | None = None,
     ) -> Callable[[Callable[[E], R]], Callable[[E], R]]:
         """Decorator form of `subscribe`; returns the function unchanged.
 
         Example::
 
-            @bus.handler(OrderPlaced, group="inventory")
+            @bus.handler(OrderPlaced, group="inventory", emits=[StockReserved])
             async def reserve_stock(event: OrderPlaced) -> None: ...
         """
 
@@ -290,6 +309,7 @@ class EventBus:
                 redelivery=redelivery,
                 concurrency=concurrency,
                 ordered_by_key=ordered_by_key,
+                emits=emits,
             )
             return function
 
@@ -588,7 +608,10 @@ class EventBus:
     def _unrouted(self, envelope: Envelope[Event]) -> None:
         self.stats.unrouted += 1
         # Warn once per type: a publish-only service would otherwise log every event.
-        level = logging.DEBUG if envelope.type in self._warned_unrouted else logging.WARNING
+        # A bus given on_unrouted says it expects unrouted events (other processes
+        # consume them): DEBUG only.
+        warn = self.on_unrouted is None and envelope.type not in self._warned_unrouted
+        level = logging.WARNING if warn else logging.DEBUG
         self._warned_unrouted.add(envelope.type)
         logger.log(
             level, "published %s %s: no subscription on this bus", envelope.type, envelope.id

@@ -87,6 +87,9 @@ class Subscription:
         concurrency: How many events of this subscription are handled at once.
         ordered_by_key: Handle events with the same partition key one at a time,
             in delivery order.
+        emits: The event classes the handler may publish, as declared with
+            ``emits=``; ``None`` when undeclared. Read by the topology checks
+            and diagrams (`sagaflow.observability.topology`); never enforced.
     """
 
     event_type: type[Event]
@@ -96,6 +99,7 @@ class Subscription:
     redelivery: RetryPolicy
     concurrency: int = 1
     ordered_by_key: bool = False
+    emits: tuple[type[Event], ...] | None = None
 
     @property
     def is_async(self) -> bool:

@@ -37,8 +37,9 @@ from sagaflow.examples.ecommerce.services import (
     Services,
     ShippingUnavailableError,
 )
+from sagaflow.observability.topology import Topology
 
-__all__ = ["place_order", "wire"]
+__all__ = ["place_order", "topology", "wire"]
 
 
 def wire(bus: EventBus, services: Services, *, only: set[str] | None = None) -> None:
@@ -59,7 +60,7 @@ def wire(bus: EventBus, services: Services, *, only: set[str] | None = None) -> 
 def _inventory(bus: EventBus, services: Services) -> None:
     inventory = services.inventory
 
-    @bus.handler(OrderPlaced, group="inventory")
+    @bus.handler(OrderPlaced, group="inventory", emits=[InventoryReserved, InventoryRejected])
     async def reserve_stock(event: OrderPlaced) -> None:
         try:
             await inventory.reserve(event.order_id, event.sku, event.quantity)
@@ -76,14 +77,15 @@ def _inventory(bus: EventBus, services: Services) -> None:
         await inventory.release(event.order_id)
         await bus.publish(InventoryReleased(order_id=event.order_id, reason=event.reason))
 
-    bus.subscribe(PaymentFailed, release_stock, group="inventory-releases")
-    bus.subscribe(PaymentRefunded, release_stock, group="inventory-releases")
+    emits = [InventoryReleased]
+    bus.subscribe(PaymentFailed, release_stock, group="inventory-releases", emits=emits)
+    bus.subscribe(PaymentRefunded, release_stock, group="inventory-releases", emits=emits)
 
 
 def _payment(bus: EventBus, services: Services) -> None:
     payments = services.payments
 
-    @bus.handler(InventoryReserved, group="payment")
+    @bus.handler(InventoryReserved, group="payment", emits=[PaymentCaptured, PaymentFailed])
     async def charge(event: InventoryReserved) -> None:
         try:
             await payments.charge(event.order_id, event.amount_cents)
@@ -92,7 +94,7 @@ def _payment(bus: EventBus, services: Services) -> None:
             return
         await bus.publish(PaymentCaptured(order_id=event.order_id, address=event.address))
 
-    @bus.handler(ShippingFailed, group="payment-refunds")
+    @bus.handler(ShippingFailed, group="payment-refunds", emits=[PaymentRefunded])
     async def refund(event: ShippingFailed) -> None:
         await payments.refund(event.order_id)
         await bus.publish(PaymentRefunded(order_id=event.order_id, reason=event.reason))
@@ -101,7 +103,7 @@ def _payment(bus: EventBus, services: Services) -> None:
 def _shipping(bus: EventBus, services: Services) -> None:
     shipping = services.shipping
 
-    @bus.handler(PaymentCaptured, group="shipping")
+    @bus.handler(PaymentCaptured, group="shipping", emits=[OrderShipped, ShippingFailed])
     async def ship(event: PaymentCaptured) -> None:
         try:
             shipment_id = await shipping.ship(event.order_id, event.address)
@@ -114,11 +116,11 @@ def _shipping(bus: EventBus, services: Services) -> None:
 def _notification(bus: EventBus, services: Services) -> None:
     notifications = services.notifications
 
-    @bus.handler(OrderShipped, group="notification")
+    @bus.handler(OrderShipped, group="notification", emits=[])
     async def shipped(event: OrderShipped) -> None:
         await notifications.notify(event.order_id, "shipped", "Your order is on its way.")
 
-    @bus.handler(OrderCancelled, group="notification-cancellations")
+    @bus.handler(OrderCancelled, group="notification-cancellations", emits=[])
     async def cancelled(event: OrderCancelled) -> None:
         await notifications.notify(
             event.order_id, "cancelled", "Your order was cancelled; nothing was charged."
@@ -128,7 +130,7 @@ def _notification(bus: EventBus, services: Services) -> None:
 def _orders(bus: EventBus, services: Services) -> None:
     orders = services.orders
 
-    @bus.handler(OrderShipped, group="orders")
+    @bus.handler(OrderShipped, group="orders", emits=[])
     async def mark_shipped(event: OrderShipped) -> None:
         orders[event.order_id] = "shipped"
 
@@ -136,8 +138,19 @@ def _orders(bus: EventBus, services: Services) -> None:
         orders[event.order_id] = "cancelled"
         await bus.publish(OrderCancelled(order_id=event.order_id, reason=event.reason))
 
-    bus.subscribe(InventoryRejected, cancel, group="orders-cancellations")
-    bus.subscribe(InventoryReleased, cancel, group="orders-cancellations")
+    emits = [OrderCancelled]
+    bus.subscribe(InventoryRejected, cancel, group="orders-cancellations", emits=emits)
+    bus.subscribe(InventoryReleased, cancel, group="orders-cancellations", emits=emits)
+
+
+def topology() -> Topology:
+    """The whole choreography's topology (every service wired on one bus, not started).
+
+    ``sagaflow topology sagaflow.examples.ecommerce.choreographed:topology`` draws it.
+    """
+    bus = EventBus()
+    wire(bus, Services())
+    return Topology.from_bus(bus, entry_points=[OrderPlaced])
 
 
 async def place_order(bus: EventBus, services: Services, request: OrderRequest) -> str:

@@ -1,0 +1,353 @@
+"""The flow journal: what happened to every flow, keyed by correlation id.
+
+A `FlowJournal` keeps `JournalEntry` rows: one per publish, per handling of a
+delivery by a consumer group (with its attempts and outcome), per dead letter,
+and per saga lifecycle event (saga started/finished, step and compensation
+attempts). For a saga the correlation id is the saga id, so the commands a
+remote step sends and the saga's own steps land in the same flow.
+
+Entries hold no payloads: types, ids, groups, services, timings, and errors as
+type + message. They are written by `sagaflow.observability.Journaling` (a bus
+middleware plus saga hooks) through a `JournalWriter`, which buffers them and
+writes in batches off the hot path.
+
+Implementations: `MemoryJournal` (here), `SqliteJournal`
+(`sagaflow.observability.sqlite`) and `PostgresJournal`
+(`sagaflow.observability.postgres`, extra ``postgres``). `open_journal` picks
+one from a URL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import logging
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, fields
+from typing import Any, Protocol, runtime_checkable
+from urllib.parse import unquote
+
+from sagaflow.errors import ConfigurationError
+
+__all__ = [
+    "EntryKind",
+    "FlowJournal",
+    "JournalEntry",
+    "JournalWriter",
+    "MemoryJournal",
+    "open_journal",
+]
+
+logger = logging.getLogger("sagaflow.observability")
+
+MAX_ERROR_MESSAGE = 500
+"""Error messages are cut to this many characters (they may quote data)."""
+
+
+class EntryKind(enum.StrEnum):
+    """What one journal entry records."""
+
+    PUBLISH = "publish"
+    """An event was accepted by the transport."""
+    HANDLE = "handle"
+    """A consumer group finished one delivery; ``outcome`` is ``acked``,
+    ``duplicate`` (acked, already handled) or ``failed`` (nacked for redelivery,
+    or dead-lettered: a `DEAD_LETTER` entry follows)."""
+    DEAD_LETTER = "dead_letter"
+    """A group gave up on an event; ``detail`` holds the reason."""
+    SAGA_STARTED = "saga_started"
+    """A saga instance started or was resumed; ``detail`` is the saga name."""
+    SAGA_FINISHED = "saga_finished"
+    """A saga ended; ``outcome`` is its status (completed, compensated, failed)."""
+    STEP_STARTED = "step_started"
+    """An attempt of a step's action began."""
+    STEP_SUCCEEDED = "step_succeeded"
+    """A step's action completed."""
+    STEP_FAILED = "step_failed"
+    """An attempt failed; ``outcome`` is ``retry`` or ``final``."""
+    COMPENSATION_STARTED = "compensation_started"
+    """An attempt of a compensation began."""
+    STEP_COMPENSATED = "step_compensated"
+    """A compensation completed."""
+    COMPENSATION_FAILED = "compensation_failed"
+    """An attempt of a compensation failed; ``outcome`` is ``retry`` or ``final``."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class JournalEntry:
+    """One thing that happened in a flow. Immutable; no payload.
+
+    Attributes:
+        correlation_id: The flow (the saga id for sagas).
+        kind: What happened.
+        at: When, in seconds since the epoch (for `HANDLE` and steps: when it began).
+        service: Who recorded it (the bus's source or the orchestrator's name).
+        event_id: The event concerned (publish, handle, dead letter).
+        event_type: Its wire name.
+        causation_id: The event whose handling published this one.
+        group: The handling consumer group (handle, dead letter), or the group
+            whose handler published the event (publish).
+        step: The saga step (step entries), or the step that published the
+            event (a remote step's command).
+        attempt: Delivery count (handle) or attempt number (step entries).
+        attempts: Handler calls during the delivery (handle).
+        duration: Seconds the handling or the step attempt took.
+        outcome: See `EntryKind`.
+        error_type: The error's class name, when something failed.
+        error_message: The error's message, cut to `MAX_ERROR_MESSAGE` characters.
+        detail: Saga name, dead-letter reason.
+    """
+
+    correlation_id: str
+    kind: EntryKind
+    at: float
+    service: str = ""
+    event_id: str | None = None
+    event_type: str | None = None
+    causation_id: str | None = None
+    group: str | None = None
+    step: str | None = None
+    attempt: int = 0
+    attempts: int = 0
+    duration: float | None = None
+    outcome: str | None = None
+    error_type: str | None = None
+    error_message: str | None = None
+    detail: str | None = None
+
+    @property
+    def failed(self) -> bool:
+        """Whether this entry records a failure (a failed handling, step or compensation)."""
+        return self.error_type is not None or self.kind is EntryKind.DEAD_LETTER
+
+    def to_row(self) -> tuple[Any, ...]:
+        """Return the fields as a tuple in `COLUMNS` order (for SQL stores)."""
+        return tuple(self.kind.value if name == "kind" else getattr(self, name) for name in COLUMNS)
+
+    @classmethod
+    def from_row(cls, row: Sequence[Any]) -> JournalEntry:
+        """Rebuild an entry from a `to_row` tuple."""
+        values = dict(zip(COLUMNS, row, strict=True))
+        values["kind"] = EntryKind(values["kind"])
+        return cls(**values)
+
+
+COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(JournalEntry))
+"""Column names of the SQL journals, in `JournalEntry.to_row` order."""
+
+
+def error_fields(error: BaseException) -> dict[str, str]:
+    """Return ``error_type`` and ``error_message`` keyword arguments for an entry."""
+    return {
+        "error_type": type(error).__name__,
+        "error_message": str(error)[:MAX_ERROR_MESSAGE],
+    }
+
+
+@runtime_checkable
+class FlowJournal(Protocol):
+    """Where journal entries are kept. Task-safe; several processes may share one.
+
+    Entries are returned in the order of their ``at`` time (ties in write order).
+    """
+
+    async def write(self, entries: Sequence[JournalEntry]) -> None:
+        """Append ``entries`` (one batch; all or nothing where the backend can)."""
+        ...
+
+    async def read(self, correlation_id: str) -> Sequence[JournalEntry]:
+        """Return every entry of one flow, oldest first (empty if unknown)."""
+        ...
+
+    async def published(
+        self, event_type: str, *, since: float, until: float, limit: int = 10_000
+    ) -> Sequence[JournalEntry]:
+        """Return publish entries of ``event_type`` with ``since <= at < until``, oldest first."""
+        ...
+
+    async def close(self) -> None:
+        """Release connections; idempotent."""
+        ...
+
+
+class MemoryJournal:
+    """A journal in a dictionary; for tests and single-process demos."""
+
+    def __init__(self) -> None:
+        self._flows: dict[str, list[JournalEntry]] = defaultdict(list)
+
+    async def write(self, entries: Sequence[JournalEntry]) -> None:
+        """Append ``entries``."""
+        for entry in entries:
+            self._flows[entry.correlation_id].append(entry)
+
+    async def read(self, correlation_id: str) -> Sequence[JournalEntry]:
+        """Return one flow's entries, oldest first."""
+        return sorted(self._flows.get(correlation_id, ()), key=lambda e: e.at)
+
+    async def published(
+        self, event_type: str, *, since: float, until: float, limit: int = 10_000
+    ) -> Sequence[JournalEntry]:
+        """Return publish entries of ``event_type`` in ``[since, until)``, oldest first."""
+        found = [
+            entry
+            for flow in self._flows.values()
+            for entry in flow
+            if entry.kind is EntryKind.PUBLISH
+            and entry.event_type == event_type
+            and since <= entry.at < until
+        ]
+        return sorted(found, key=lambda e: e.at)[:limit]
+
+    async def close(self) -> None:
+        """Nothing to release."""
+
+    def entries(self) -> list[JournalEntry]:
+        """Every entry of every flow (for tests)."""
+        return [entry for flow in self._flows.values() for entry in flow]
+
+
+class JournalWriter:
+    """Buffers entries and writes them to a journal in batches, in the background.
+
+    `add` is a plain list append, safe to call on the hot path. A background task
+    writes a batch when ``batch_size`` entries are waiting or every ``interval``
+    seconds. A journal that fails never breaks a flow: the batch is dropped,
+    counted in ``dropped`` and logged (once per failure streak). When more than
+    ``max_buffer`` entries wait (a slow journal), new entries are dropped too.
+
+    Args:
+        journal: Where to write.
+        batch_size: Entries per write, at most.
+        interval: Seconds between background writes.
+        max_buffer: Entries kept waiting, at most.
+    """
+
+    def __init__(
+        self,
+        journal: FlowJournal,
+        *,
+        batch_size: int = 500,
+        interval: float = 0.2,
+        max_buffer: int = 100_000,
+    ) -> None:
+        if batch_size < 1 or interval <= 0 or max_buffer < batch_size:
+            raise ConfigurationError("need batch_size >= 1, interval > 0, max_buffer >= batch_size")
+        self.journal = journal
+        self.batch_size = batch_size
+        self.interval = interval
+        self.max_buffer = max_buffer
+        self.dropped = 0
+        self.written = 0
+        self._buffer: list[JournalEntry] = []
+        self._task: asyncio.Task[None] | None = None
+        self._wake: asyncio.Event | None = None
+        self._failing = False
+        self._closed = False
+
+    def add(self, entry: JournalEntry) -> None:
+        """Queue one entry; never raises, never waits."""
+        buffer = self._buffer
+        if len(buffer) >= self.max_buffer or self._closed:
+            self.dropped += 1
+            return
+        buffer.append(entry)
+        if self._task is None:
+            self._start()
+        elif len(buffer) >= self.batch_size and self._wake is not None:
+            self._wake.set()
+
+    def _start(self) -> None:
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # no loop (a sync caller): the next flush writes it
+            return
+        self._wake = asyncio.Event()
+        self._task = loop.create_task(self._run(), name="sagaflow-journal-writer")
+
+    async def _run(self) -> None:
+        assert self._wake is not None
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.interval)
+            self._wake.clear()
+            await self._write_all()
+
+    async def _write_all(self) -> None:
+        while self._buffer:
+            batch = self._buffer[: self.batch_size]
+            del self._buffer[: self.batch_size]
+            await self._write(batch)
+
+    async def _write(self, batch: list[JournalEntry]) -> None:
+        try:
+            await self.journal.write(batch)
+        except Exception as exc:
+            # Observability must not hurt the flows it watches: drop and say so once.
+            self.dropped += len(batch)
+            if not self._failing:
+                logger.warning(
+                    "flow journal write failed (%s); dropping entries until it recovers",
+                    type(exc).__name__,
+                )
+            self._failing = True
+            return
+        if self._failing:
+            logger.warning("flow journal writes recovered; %d entries were dropped", self.dropped)
+        self._failing = False
+        self.written += len(batch)
+
+    async def flush(self) -> None:
+        """Write every waiting entry now."""
+        await self._write_all()
+
+    async def close(self) -> None:
+        """Write what is waiting, stop the background task; idempotent.
+
+        Does not close the journal (its owner does).
+        """
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        await self._write_all()
+        self._closed = True
+
+
+def open_journal(url: str) -> FlowJournal:
+    """Open a journal from a URL.
+
+    * ``memory://`` — a new `MemoryJournal`;
+    * ``sqlite:///relative.db``, ``sqlite:////absolute.db`` or ``sqlite://:memory:``
+      — `SqliteJournal` (the path is everything after ``sqlite:///``, as for stores);
+    * ``postgresql://user@host/db`` — `PostgresJournal` (extra ``postgres``).
+
+    Raises:
+        ConfigurationError: Unknown scheme or malformed URL.
+        MissingDependencyError: The backend's client library is not installed.
+    """
+    scheme, sep, rest = url.partition("://")
+    scheme = scheme.lower()
+    if not sep:
+        raise ConfigurationError(f"journal URL needs a scheme: {url!r}")
+    if scheme == "memory":
+        return MemoryJournal()
+    if scheme == "sqlite":
+        from sagaflow.observability.sqlite import SqliteJournal
+
+        # Same convention as the stores: the path is everything after "sqlite:///".
+        if rest == ":memory:":
+            return SqliteJournal(":memory:")
+        if not (rest.startswith("/") and len(rest) > 1):
+            raise ConfigurationError(f"sqlite journal URL needs a path: {url!r}")
+        return SqliteJournal(unquote(rest[1:].split("?", 1)[0]))
+    if scheme in ("postgresql", "postgres"):
+        from sagaflow.observability.postgres import PostgresJournal
+
+        return PostgresJournal(url)
+    raise ConfigurationError(
+        f"unsupported journal URL scheme {scheme!r}: use memory://, sqlite:///PATH or postgresql://"
+    )
