@@ -21,23 +21,19 @@ from sagaflow import (
     StepKind,
 )
 from sagaflow.testing.clock import FakeClock
+from sagaflow.testing.strategies import failure_schedules
 
 
 class State(BaseModel):
     touched: list[str] = []
 
 
-OK, RAISE, TIMEOUT = "ok", "raise", "timeout"
-
-
 @dataclass
 class Plan:
-    """A generated saga shape plus what fails when."""
+    """A generated saga shape: stages of step names, kinds and retry budgets."""
 
     stages: list[list[str]]  # step names per stage
     kinds: dict[str, StepKind]
-    step_failures: dict[str, list[str]]  # per attempt: ok/raise/timeout
-    comp_failures: dict[str, list[str]]  # per compensation attempt: ok/raise
     attempts: dict[str, int]
     comp_attempts: dict[str, int]
 
@@ -73,44 +69,28 @@ def plans(draw) -> Plan:
                 kinds[name] = StepKind.PIVOT
             else:
                 kinds[name] = StepKind.RETRIABLE
-        if len(names) == 1 and size > 1:
-            names = names[:1]
         if names:
             stages.append(names)
-    step_failures, comp_failures, attempts, comp_attempts = {}, {}, {}, {}
-    for name, kind in kinds.items():
-        attempts[name] = draw(st.integers(1, 3))
-        # An uncertain pivot cannot be undone by definition; pivots only fail cleanly here.
-        modes = [OK, RAISE] if kind is StepKind.PIVOT else [OK, OK, RAISE, TIMEOUT]
-        step_failures[name] = draw(st.lists(st.sampled_from(modes), min_size=3, max_size=3))
-        comp_attempts[name] = draw(st.integers(1, 3))
-        comp_failures[name] = draw(
-            st.lists(st.sampled_from([OK, OK, OK, RAISE]), min_size=3, max_size=3)
-        )
-    return Plan(stages, kinds, step_failures, comp_failures, attempts, comp_attempts)
+    attempts = {name: draw(st.integers(1, 3)) for name in kinds}
+    comp_attempts = {name: draw(st.integers(1, 3)) for name in kinds}
+    return Plan(stages, kinds, attempts, comp_attempts)
 
 
-def build(plan: Plan, world: World, clock: FakeClock) -> Saga[State]:
+def build(plan: Plan, world: World) -> Saga[State]:
+    """The saga of ``plan`` over the world's deduplicating services (no faults yet)."""
+
     def action(name: str):
         async def run(ctx):
             await asyncio.sleep(0)  # let parallel branches interleave
-            mode = plan.step_failures[name][ctx.attempt - 1]
-            if mode == RAISE:
-                raise RuntimeError(f"{name} refused")
             if ctx.idempotency_key not in world.effects:  # the service deduplicates by key
                 world.effects.add(ctx.idempotency_key)
                 world.applied.append(name)
-            if mode == TIMEOUT:
-                await clock.sleep(1000)
             return {"touched": [*ctx.state.touched, name]}
 
         return run
 
     def compensation(name: str):
         async def run(ctx):
-            mode = plan.comp_failures[name][ctx.attempt - 1]
-            if mode == RAISE:
-                raise RuntimeError(f"undo {name} failed")
             key = f"{ctx.saga_id}:{name}"
             if key in world.effects:  # tolerate "nothing to undo"
                 world.effects.discard(key)
@@ -137,16 +117,14 @@ def build(plan: Plan, world: World, clock: FakeClock) -> Saga[State]:
     return Saga("prop", state=State, steps=stages)
 
 
-def run_plan(plan: Plan):
+def run_saga(saga: Saga[State], clock: FakeClock):
     async def main():
-        clock = FakeClock(auto_advance=True)
-        world = World()
         store = MemorySagaStore(clock=clock)
         orchestrator = Orchestrator(store, clock=clock, seed=0)
-        result = await orchestrator.run(build(plan, world, clock), State(), saga_id="p1")
+        result = await orchestrator.run(saga, State(), saga_id="p1")
         log = await store.load("p1")
         await orchestrator.close()
-        return result, log, world
+        return result, log
 
     return asyncio.run(main())
 
@@ -156,9 +134,14 @@ def kinds_in(records, kind):
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(plans())
-def test_sagas_are_semantically_atomic(plan: Plan):
-    result, log, world = run_plan(plan)
+@given(plan=plans(), data=st.data())
+def test_sagas_are_semantically_atomic(plan: Plan, data):
+    world = World()
+    clock = FakeClock(auto_advance=True)
+    saga = build(plan, world)
+    # The testing kit's failure schedules: raises and time-outs on any attempts.
+    schedule = data.draw(failure_schedules(saga))
+    result, log = run_saga(schedule.apply(saga, clock=clock), clock)
     records = result.records
     event(f"status={result.status.value}")
     if any(len(stage) > 1 for stage in plan.stages):

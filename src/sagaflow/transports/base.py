@@ -151,7 +151,10 @@ class Transport(Protocol):
     ``prepare_group`` hook does too.
     """
 
-    features: TransportFeatures
+    @property
+    def features(self) -> TransportFeatures:
+        """What this transport guarantees (read by the contract suite and the bus)."""
+        ...
 
     async def publish(self, messages: Sequence[Message]) -> None:
         """Publish ``messages`` (in order) and return once the broker accepted them."""
