@@ -37,6 +37,12 @@ def _app(outbox: SQLiteOutbox) -> sqlite3.Connection:
     return conn
 
 
+def _rolled_back(conn: sqlite3.Connection, work) -> None:
+    """Run ``work`` in a transaction that ends in an exception (so: rolled back)."""
+    with pytest.raises(RuntimeError), conn:
+        work()
+
+
 def _add_items(outbox: SQLiteOutbox, conn: sqlite3.Connection, keys: int, per_key: int) -> None:
     with conn:
         for n in range(per_key):
@@ -50,10 +56,13 @@ async def test_commit_keeps_the_event_and_rollback_drops_it(outbox):
     with conn:
         conn.execute("INSERT INTO items VALUES ('a', 1)")
         kept = outbox.add(conn, ItemAdded(key="a", n=1), key="a")
-    with pytest.raises(RuntimeError), conn:
+
+    def fails() -> None:
         conn.execute("INSERT INTO items VALUES ('b', 2)")
         outbox.add(conn, ItemAdded(key="b", n=2), key="b")
         raise RuntimeError("the business transaction fails")
+
+    _rolled_back(conn, fails)
     assert conn.execute("SELECT key FROM items").fetchall() == [("a",)]
     transport = RecordingTransport()
     assert await OutboxRelay(outbox, transport).drain() == 1
@@ -84,9 +93,12 @@ async def test_the_message_is_what_the_bus_would_publish(outbox, bus):
 async def test_the_table_is_created_inside_the_callers_transaction(tmp_path, bus):
     outbox = SQLiteOutbox(tmp_path / "fresh.db", bus=bus)
     conn = outbox.connect()
-    with pytest.raises(RuntimeError), conn:
+
+    def fails() -> None:
         outbox.add(conn, ItemAdded(key="a", n=0))
         raise RuntimeError
+
+    _rolled_back(conn, fails)
     with conn:  # the table vanished with the rollback: created again
         outbox.add(conn, ItemAdded(key="a", n=1))
     assert await outbox.pending() == 1
@@ -206,7 +218,7 @@ async def test_a_failed_row_holds_back_the_later_rows_of_its_key_only(outbox):
     _add_items(outbox, conn, keys=2, per_key=3)
     transport = RecordingTransport()
     clock = _Clock()
-    relay = OutboxRelay(outbox, transport, clock=clock)
+    relay = OutboxRelay(outbox, transport, clock=clock, retry=_SLOW_RETRY)
     original = transport.publish
 
     async def refuse_k0_first(messages):
@@ -235,7 +247,7 @@ async def test_an_unavailable_transport_keeps_rows_pending(outbox):
     _add_items(outbox, conn, keys=2, per_key=2)
     transport = RecordingTransport(down=True)
     clock = _Clock()
-    relay = OutboxRelay(outbox, transport, clock=clock)
+    relay = OutboxRelay(outbox, transport, clock=clock, retry=_SLOW_RETRY)
     await relay.drain()
     assert len(transport.calls) == 1  # no one-by-one retry against a broker that is down
     assert await outbox.pending() == 4
@@ -320,6 +332,10 @@ def test_bad_options_are_refused(tmp_path):
         SQLiteOutbox(tmp_path / "x.db", table="bad name")
     with pytest.raises(ConfigurationError):
         OutboxRelay(SQLiteOutbox(tmp_path / "x.db"), RecordingTransport(), batch_size=0)
+
+
+# No jitter: a failed row surely waits 10 s (of the fake clock) before its retry.
+_SLOW_RETRY = RetryPolicy(max_attempts=None, initial_delay=10.0, jitter=False)
 
 
 class _Clock(SystemClock):
