@@ -5,14 +5,20 @@
     sagaflow sagas retry  SAGA_ID --store URL          (try the failed compensation/step again)
     sagaflow sagas resume SAGA_ID --store URL          (same as retry)
     sagaflow sagas skip   SAGA_ID --reason TEXT --store URL
+    sagaflow trace CORRELATION_ID --journal URL [--format text|mermaid|html] [-o FILE]
+    sagaflow flows stalled --journal URL --expect "A -> B within 5m [unless C,D]" ...
+    sagaflow topology MODULE:ATTR [--format text|mermaid] [--entry TYPE ...] [--strict]
+    sagaflow diagram MODULE:ATTR [--store URL --saga-id ID]   (a saga as a Mermaid flowchart)
 
 Operator commands only write to the saga log and release the lease: the next
 worker that claims the saga (``Orchestrator.work`` / ``recover``) continues it
-with the saga's code. The store URL may also come from ``SAGAFLOW_STORE``.
+with the saga's code. The store URL may also come from ``SAGAFLOW_STORE``, the
+journal URL from ``SAGAFLOW_JOURNAL``.
 
-Exit codes: 0 success; 1 the saga does not allow it (not found, not parked);
+Exit codes: 0 success; 1 the saga does not allow it (not found, not parked), the
+flow has no journal entry, stalled flows or topology problems were found;
 2 bad usage or configuration (unknown option, bad URL, missing extra);
-3 the store could not be reached.
+3 the store or journal could not be reached.
 """
 
 from __future__ import annotations
@@ -65,6 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(title="commands", metavar="COMMAND")
     _add_demo(commands)
     _add_sagas(commands)
+    from sagaflow.observability._cli import add_observability_commands
+
+    add_observability_commands(commands)
     return parser
 
 
@@ -96,6 +105,12 @@ def _add_demo(commands: Any) -> None:
     demo.add_argument(
         "--store", metavar="URL", help="saga store URL (default: a temporary SQLite file)"
     )
+    demo.add_argument(
+        "--journal",
+        metavar="URL",
+        help="flow journal URL every process writes to (default: a SQLite file in the "
+        "temporary directory, kept so that `sagaflow trace` can read it)",
+    )
     demo.set_defaults(handler=_run_demo)
 
 
@@ -107,7 +122,11 @@ def _run_demo(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     return _guard(
         lambda: run_demo(
-            style=args.style, failures=args.fail, transport=args.transport, store=args.store
+            style=args.style,
+            failures=args.fail,
+            transport=args.transport,
+            store=args.store,
+            journal=args.journal,
         )
     )
 

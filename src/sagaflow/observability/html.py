@@ -87,8 +87,9 @@ def _svg_item(item: SequenceItem, x: dict[str, int], y: int, start: float) -> st
             f'<text x="{sx + 36}" y="{y + 4}" fill="{color}">{text}</text>'
         )
     mid = (sx + tx) // 2
+    dash = ' stroke-dasharray="5 3"' if item.dashed else ""
     return (
-        f'{when}<line x1="{sx}" y1="{y + 6}" x2="{tx}" y2="{y + 6}" stroke="{color}" '
+        f'{when}<line x1="{sx}" y1="{y + 6}" x2="{tx}" y2="{y + 6}" stroke="{color}"{dash} '
         f'marker-end="url(#{marker})"/><text x="{mid}" y="{y}" text-anchor="middle" '
         f'fill="{color}">{text}</text>'
     )

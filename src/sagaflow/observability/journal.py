@@ -119,7 +119,14 @@ class JournalEntry:
 
     @property
     def failed(self) -> bool:
-        """Whether this entry records a failure (a failed handling, step or compensation)."""
+        """Whether this entry records a failure.
+
+        Failed handlings, steps and compensations, dead letters, and sagas
+        parked as FAILED count; a compensated saga's end only repeats the
+        error of the step that failed, so it does not.
+        """
+        if self.kind is EntryKind.SAGA_FINISHED:
+            return self.outcome == "failed"
         return self.error_type is not None or self.kind is EntryKind.DEAD_LETTER
 
     def to_row(self) -> tuple[Any, ...]:

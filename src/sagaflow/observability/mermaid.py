@@ -58,7 +58,7 @@ def sequence_diagram(trace: FlowTrace) -> str:
         if item.target is None:
             lines.append(f"    Note over {source}: {'✗ ' if item.failed else ''}{_text(item.text)}")
         else:
-            arrow = "-x" if item.failed else "->>"
+            arrow = ("--" if item.dashed else "-") + ("x" if item.failed else ">>")
             lines.append(f"    {source}{arrow}{_id(item.target, 'a_')}: {_text(item.text)}")
     return "\n".join(lines)
 

@@ -101,6 +101,7 @@ class SequenceItem:
         target: Receiving actor, or ``None`` for a note.
         text: The label.
         failed: Drawn as a failure.
+        dashed: Drawn dashed (a compensation).
     """
 
     at: float
@@ -108,6 +109,7 @@ class SequenceItem:
     target: str | None
     text: str
     failed: bool = False
+    dashed: bool = False
 
 
 @dataclass(slots=True)
@@ -219,10 +221,11 @@ class FlowTrace:
                 items.append(
                     SequenceItem(node.at, source, None, f"published {node.event_type}", False)
                 )
+        # Steps that sent commands show as those messages; the others ran in
+        # the orchestrator's process and are drawn as calls to the step.
+        remote = {n.publish.step for n in self.events.values() if n.publish and n.publish.step}
         for entry in self.saga_entries:
-            note = _saga_note(entry)
-            if note is not None:
-                items.append(SequenceItem(entry.at, actor(entry), None, note, entry.failed))
+            items.extend(_saga_items(entry, remote))
         items.sort(key=lambda item: item.at)
         return items
 
@@ -249,21 +252,25 @@ def _delivery(node: EventNode, source: str, handling: JournalEntry) -> SequenceI
     return SequenceItem(handling.at, source, actor(handling), text, handling.failed)
 
 
-def _saga_note(entry: JournalEntry) -> str | None:
-    kind = entry.kind
+def _saga_items(entry: JournalEntry, remote: set[str]) -> list[SequenceItem]:
+    kind, step, who = entry.kind, entry.step or "?", actor(entry)
+    local = entry.step is not None and entry.step not in remote and f"undo:{step}" not in remote
     if kind is EntryKind.SAGA_STARTED:
-        return f"saga {entry.detail} started"
+        return [SequenceItem(entry.at, who, None, f"saga {entry.detail} started")]
     if kind is EntryKind.SAGA_FINISHED:
-        return f"saga {entry.detail}: {(entry.outcome or '?').upper()}"
-    if kind is EntryKind.STEP_SUCCEEDED:
-        return f"{entry.step} done"
-    if kind is EntryKind.STEP_FAILED:
-        return f"{entry.step} failed: {entry.error_type} ({entry.outcome})"
-    if kind is EntryKind.STEP_COMPENSATED:
-        return f"{entry.step} compensated"
-    if kind is EntryKind.COMPENSATION_FAILED:
-        return f"undo {entry.step} failed: {entry.error_type} ({entry.outcome})"
-    return None
+        text = f"saga {entry.detail}: {(entry.outcome or '?').upper()}"
+        return [SequenceItem(entry.at, who, None, text, entry.outcome != "completed")]
+    error = f": {entry.error_type} ({entry.outcome})" if entry.error_type else ""
+    if kind in (EntryKind.STEP_SUCCEEDED, EntryKind.STEP_FAILED):
+        text = f"{step}{error}" if local else f"{step} {'done' if not error else 'failed'}{error}"
+        target = step if local else None
+        return [SequenceItem(entry.at, who, target, text, kind is EntryKind.STEP_FAILED)]
+    if kind in (EntryKind.STEP_COMPENSATED, EntryKind.COMPENSATION_FAILED):
+        text = f"undo {step}{error}" if local else f"{step} compensated{error}"
+        target = step if local else None
+        failed = kind is EntryKind.COMPENSATION_FAILED
+        return [SequenceItem(entry.at, who, target, text, failed, dashed=True)]
+    return []
 
 
 async def load_trace(journal: FlowJournal, correlation_id: str) -> FlowTrace:
@@ -289,12 +296,11 @@ def render_text(trace: FlowTrace) -> str:
     """
     if not trace.entries:
         return f"flow {trace.correlation_id}: no journal entries"
-    lines = [_summary(trace), "", "causal tree"]
+    lines = [_summary(trace)]
+    if trace.roots:
+        lines.extend(["", "causal tree"])
     for index, root in enumerate(trace.roots):
         _tree(trace, root, "", index == len(trace.roots) - 1, lines)
-    if trace.saga_entries:
-        lines.extend(["", "saga"])
-        lines.extend(_timeline_line(trace, e, 14) for e in trace.saga_entries)
     width = max(len(actor(e)) for e in trace.entries)
     lines.extend(["", "timeline"])
     lines.extend(_timeline_line(trace, e, width) for e in trace.entries)
@@ -306,7 +312,10 @@ def _summary(trace: FlowTrace) -> str:
     started = started.replace("+00:00", "Z")
     handled = sum(len(n.handlings) for n in trace.events.values())
     letters = sum(len(n.dead_letters) for n in trace.events.values())
-    parts = [f"{len(trace.events)} events", f"{handled} handlings"]
+    parts = [f"{len(trace.events)} events", f"{handled} handlings"] if trace.events else []
+    steps = {e.step for e in trace.saga_entries if e.kind is EntryKind.STEP_STARTED}
+    if steps:
+        parts.insert(0, f"{len(steps)} steps")
     failures = len(trace.failures()) - letters
     if failures:
         parts.append(f"{failures} failed")
@@ -378,7 +387,10 @@ def _handling_text(trace: FlowTrace, handling: JournalEntry, node: EventNode) ->
 
 
 def _timeline_line(trace: FlowTrace, entry: JournalEntry, width: int) -> str:
-    what = entry.event_type or entry.step or entry.detail or ""
+    if entry.kind in (EntryKind.SAGA_STARTED, EntryKind.SAGA_FINISHED):
+        what = f"saga {entry.detail}"
+    else:
+        what = entry.event_type or entry.step or entry.detail or ""
     return (
         f"  +{(entry.at - trace.start) * 1000:9.1f} ms  {actor(entry):<{width}}  "
         f"{entry.kind.value:<20} {what:<28} {_detail(entry)}"

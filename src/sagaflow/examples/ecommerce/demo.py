@@ -1,7 +1,10 @@
 """Run the order flow in one or both styles and print a readable timeline.
 
 In-process by default: an in-memory event bus and a SQLite saga log in a
-temporary directory (or the store given). ``sagaflow demo`` calls `run_demo`.
+temporary directory (or the store given). Every flow is recorded in a flow
+journal (a SQLite file kept in a temporary directory unless ``journal`` names
+one), and the demo ends with the ``sagaflow trace`` commands that show them.
+``sagaflow demo`` calls `run_demo`.
 """
 
 from __future__ import annotations
@@ -23,10 +26,19 @@ from sagaflow.events import Event
 from sagaflow.examples.ecommerce import choreographed, orchestrated
 from sagaflow.examples.ecommerce.model import OrderRequest
 from sagaflow.examples.ecommerce.services import Failures, Services
+from sagaflow.observability.journal import open_journal
+from sagaflow.observability.recorder import Journaling
 from sagaflow.orchestration.render import render_timeline
 from sagaflow.orchestration.store import SagaStore
 
-__all__ = ["FlowRecorder", "run_choreography", "run_demo", "run_orchestration"]
+__all__ = [
+    "FlowRecorder",
+    "default_journal_url",
+    "normalized",
+    "run_choreography",
+    "run_demo",
+    "run_orchestration",
+]
 
 STYLES = ("orchestration", "choreography")
 
@@ -77,20 +89,40 @@ class FlowRecorder(Middleware):
 
 
 async def run_orchestration(
-    services: Services, request: OrderRequest, store: SagaStore
+    services: Services,
+    request: OrderRequest,
+    store: SagaStore,
+    journaling: Journaling | None = None,
 ) -> tuple[str, str]:
-    """Run the orchestrated flow; return (outcome, timeline)."""
-    async with Orchestrator(store) as orchestrator:
+    """Run the orchestrated flow; return (outcome, timeline).
+
+    With ``journaling``, the saga's steps are recorded in its flow journal.
+    """
+    hooks = [journaling.hooks] if journaling is not None else []
+    async with Orchestrator(store, hooks=hooks) as orchestrator:
         result = await orchestrated.place_order(orchestrator, services, request)
     timeline = render_timeline(result.saga_id, result.status, result.records, saga_name="order")
     return services.orders[request.order_id], timeline
 
 
-async def run_choreography(services: Services, request: OrderRequest) -> tuple[str, str]:
-    """Run the choreographed flow in process; return (outcome, timeline)."""
+async def run_choreography(
+    services: Services, request: OrderRequest, journaling: Journaling | None = None
+) -> tuple[str, str]:
+    """Run the choreographed flow in process; return (outcome, timeline).
+
+    With ``journaling``, every publish and handling is recorded in its flow journal.
+    """
     recorder = FlowRecorder()
     retry = RetryPolicy(max_attempts=3, initial_delay=0.01, max_delay=0.1)
-    async with EventBus(middleware=[recorder], retry=retry, source="/shop") as bus:
+    middleware: list[Middleware] = [recorder]
+    if journaling is not None:
+        middleware.append(journaling)
+    async with EventBus(
+        middleware=middleware,
+        retry=retry,
+        source="/shop",
+        on_dead_letter=journaling.on_dead_letter if journaling is not None else None,
+    ) as bus:
         choreographed.wire(bus, services)
         await choreographed.place_order(bus, services, request)
         await bus.join(timeout=30)
@@ -123,23 +155,64 @@ def summary(services: Services) -> str:
     )
 
 
-async def _run(styles: Sequence[str], failures: Failures, store_url: str | None) -> dict[str, Any]:
-    request = OrderRequest(order_id=f"order-{int(time.time() * 1000) % 100_000}")
+def normalized(snapshot: dict[str, Any], order_id: str) -> dict[str, Any]:
+    """``snapshot`` with ``order_id`` replaced by ``"ORDER"`` (to compare runs of two orders)."""
+
+    def rename(value: Any) -> Any:
+        if isinstance(value, str):
+            return "ORDER" if value == order_id else value
+        if isinstance(value, dict):
+            return {rename(k): rename(v) for k, v in value.items()}
+        if isinstance(value, list | tuple):
+            return type(value)(rename(v) for v in value)
+        return value
+
+    renamed: dict[str, Any] = rename(snapshot)
+    return renamed
+
+
+def default_journal_url() -> str:
+    """A SQLite journal in a new temporary directory, left in place for `sagaflow trace`."""
+    directory = tempfile.mkdtemp(prefix="sagaflow-demo-")
+    return f"sqlite:///{Path(directory) / 'journal.db'}"
+
+
+def print_trace_hint(journal_url: str, order_ids: Sequence[str]) -> None:
+    """Tell the reader how to see each flow again."""
+    print("\nsee each flow with:")
+    for order_id in order_ids:
+        print(f"  sagaflow trace {order_id} --journal {journal_url}")
+    print("  (add --format mermaid or --format html -o flow.html for a diagram)")
+
+
+async def _run(
+    styles: Sequence[str], failures: Failures, store_url: str | None, journal_url: str
+) -> dict[str, Any]:
+    stamp = int(time.time() * 1000) % 100_000
     snapshots: dict[str, Any] = {}
-    for style in styles:
-        services = Services(Failures(**vars(failures)))
-        print(f"\n=== {style}: order {request.order_id} ===")
-        if style == "orchestration":
-            with _default_store(store_url) as store:
-                try:
-                    _, timeline = await run_orchestration(services, request, store)
-                finally:
-                    await store.close()
-        else:
-            _, timeline = await run_choreography(services, request)
-        print(timeline)
-        print(summary(services))
-        snapshots[style] = services.snapshot()
+    order_ids: list[str] = []
+    journaling = Journaling(open_journal(journal_url), service="shop")
+    try:
+        for style in styles:
+            # One order id per style: each flow has its own trace in the journal.
+            request = OrderRequest(order_id=f"order-{stamp}-{style[:4]}")
+            order_ids.append(request.order_id)
+            services = Services(Failures(**vars(failures)))
+            print(f"\n=== {style}: order {request.order_id} ===")
+            if style == "orchestration":
+                with _default_store(store_url) as store:
+                    try:
+                        _, timeline = await run_orchestration(services, request, store, journaling)
+                    finally:
+                        await store.close()
+            else:
+                _, timeline = await run_choreography(services, request, journaling)
+            print(timeline)
+            print(summary(services))
+            snapshots[style] = normalized(services.snapshot(), request.order_id)
+    finally:
+        await journaling.close()
+    print_trace_hint(journal_url, order_ids)
     return snapshots
 
 
@@ -149,6 +222,7 @@ def run_demo(
     failures: Sequence[str] = (),
     transport: str | None = None,
     store: str | None = None,
+    journal: str | None = None,
 ) -> int:
     """Run the demo and print it; return a process exit code.
 
@@ -160,6 +234,8 @@ def run_demo(
             runs everything in this process.
         store: Saga store URL for the orchestrated flow (default: a temporary
             SQLite file).
+        journal: Flow journal URL every process writes to (default: a SQLite
+            file in a temporary directory, kept for ``sagaflow trace``).
     """
     from sagaflow.errors import ConfigurationError
 
@@ -168,11 +244,12 @@ def run_demo(
     except ValueError as exc:
         raise ConfigurationError(str(exc)) from None
     styles = STYLES if style == "both" else (style,)
+    journal_url = journal or default_journal_url()
     if transport is not None:
         from sagaflow.examples.ecommerce.distributed import run_distributed
 
-        return asyncio.run(run_distributed(styles, parsed, transport, store))
-    snapshots = asyncio.run(_run(styles, parsed, store))
+        return asyncio.run(run_distributed(styles, parsed, transport, store, journal_url))
+    snapshots = asyncio.run(_run(styles, parsed, store, journal_url))
     if len(snapshots) == 2:
         agree = snapshots["orchestration"] == snapshots["choreography"]
         print(f"\nboth styles reached the same end state: {'yes' if agree else 'NO'}")

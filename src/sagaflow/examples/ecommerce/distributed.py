@@ -21,7 +21,7 @@ from typing import Any
 from sagaflow import Orchestrator, SagaStatus
 from sagaflow.choreography import EventBus
 from sagaflow.examples.ecommerce import choreographed, commands
-from sagaflow.examples.ecommerce.demo import FlowRecorder, summary
+from sagaflow.examples.ecommerce.demo import FlowRecorder, normalized, print_trace_hint, summary
 from sagaflow.examples.ecommerce.model import OrderRequest
 from sagaflow.examples.ecommerce.orchestrated import OrderState
 from sagaflow.examples.ecommerce.service import (
@@ -33,6 +33,8 @@ from sagaflow.examples.ecommerce.service import (
     prefixed,
 )
 from sagaflow.examples.ecommerce.services import FAILURE_NAMES, Failures, Services
+from sagaflow.observability.journal import open_journal
+from sagaflow.observability.recorder import Journaling
 from sagaflow.orchestration.context import StepContext
 from sagaflow.orchestration.remote import RemoteSteps
 from sagaflow.orchestration.render import render_timeline
@@ -45,8 +47,16 @@ FINAL = ("shipped", "cancelled")
 class _Fleet:
     """The service subprocesses of one run; restarts any that crash."""
 
-    def __init__(self, style: str, url: str, prefix: str, failures: list[str], workdir: Path):
-        self.style, self.url, self.prefix = style, url, prefix
+    def __init__(
+        self,
+        style: str,
+        url: str,
+        prefix: str,
+        failures: list[str],
+        workdir: Path,
+        journal: str | None = None,
+    ):
+        self.style, self.url, self.prefix, self.journal = style, url, prefix, journal
         self.failures = failures
         self.marker = workdir / f"{prefix}.crashed"
         self.processes: dict[str, asyncio.subprocess.Process] = {}
@@ -66,6 +76,8 @@ class _Fleet:
         ]  # fmt: skip
         for failure in self.failures:
             command += ["--fail", failure]
+        if self.journal:
+            command += ["--journal", self.journal]
         process = await asyncio.create_subprocess_exec(*command, stdout=asyncio.subprocess.PIPE)
         self.processes[name] = process
         assert process.stdout is not None
@@ -98,9 +110,9 @@ class _Fleet:
 
 @contextlib.asynccontextmanager
 async def _fleet(
-    style: str, url: str, prefix: str, failures: list[str], workdir: Path
+    style: str, url: str, prefix: str, failures: list[str], workdir: Path, journal: str | None
 ) -> AsyncIterator[_Fleet]:
-    fleet = _Fleet(style, url, prefix, failures, workdir)
+    fleet = _Fleet(style, url, prefix, failures, workdir, journal)
     try:
         await fleet.start()
         yield fleet
@@ -137,7 +149,7 @@ async def _settled_state(
 
 
 async def _orchestrate(
-    bus: EventBus, request: OrderRequest, store_url: str | None
+    bus: EventBus, request: OrderRequest, store_url: str | None, journaling: Journaling | None
 ) -> tuple[str, str]:
     from sagaflow.stores import open_store
 
@@ -155,7 +167,8 @@ async def _orchestrate(
     with tempfile.TemporaryDirectory(prefix="sagaflow-demo-") as directory:
         store = open_store(store_url or f"sqlite:///{Path(directory) / 'sagas.db'}")
         try:
-            async with Orchestrator(store) as orchestrator:
+            hooks = [journaling.hooks] if journaling is not None else []
+            async with Orchestrator(store, hooks=hooks) as orchestrator:
                 state = OrderState(**request.model_dump())
                 result = await orchestrator.run(saga, state, saga_id=request.order_id)
         finally:
@@ -183,28 +196,37 @@ async def _choreograph(bus: EventBus, request: OrderRequest, recorder: FlowRecor
 
 
 async def _run_style(
-    style: str, failures: list[str], url: str, store_url: str | None, workdir: Path
+    style: str,
+    failures: list[str],
+    url: str,
+    store_url: str | None,
+    workdir: Path,
+    journal: str | None,
+    order_ids: dict[str, str],
 ) -> dict[str, Any]:
     prefix = f"demo{uuid.uuid4().hex[:10]}"
     request = OrderRequest(order_id=f"order-{uuid.uuid4().hex[:6]}")
+    order_ids[style] = request.order_id
     print(f"\n=== {style} over {url.split('://')[0]}: order {request.order_id} ===")
     recorder = FlowRecorder()
     answers: dict[str, dict[str, Any]] = {}
+    journaling = Journaling(open_journal(journal), service="orders") if journal else None
     bus = EventBus(
         demo_transport(url),
         source="/orders",
         topic_for=prefixed(prefix),
-        middleware=[recorder],
+        middleware=[recorder] if journaling is None else [recorder, journaling],
         on_unrouted=lambda envelope: None,
+        on_dead_letter=journaling.on_dead_letter if journaling is not None else None,
     )
 
     @bus.handler(ServiceState, group=f"{prefix}-state-answers")
     async def collect(event: ServiceState) -> None:
         answers[event.service] = event.state
 
-    async with _fleet(style, url, prefix, failures, workdir) as fleet, bus:
+    async with _fleet(style, url, prefix, failures, workdir, journal) as fleet, bus:
         if style == "orchestration":
-            outcome, timeline = await _orchestrate(bus, request, store_url)
+            outcome, timeline = await _orchestrate(bus, request, store_url, journaling)
         else:
             outcome = await _choreograph(bus, request, recorder)
             timeline = recorder.render(
@@ -212,6 +234,8 @@ async def _run_style(
                 f"{outcome.upper()}"
             )
         state = await _settled_state(bus, answers, request.order_id)
+    if journaling is not None:
+        await journaling.close()
     print(timeline)
     if fleet.crashes:
         print(f"  crashed and restarted: {', '.join(fleet.crashes)}")
@@ -220,7 +244,7 @@ async def _run_style(
     _fill(view, state)
     print(summary(view))
     # Order ids differ per style: compare the outcome with the id replaced.
-    return _normalized(view.snapshot(), request.order_id)
+    return normalized(view.snapshot(), request.order_id)
 
 
 def _fill(view: Services, state: dict[str, Any]) -> None:
@@ -233,40 +257,44 @@ def _fill(view: Services, state: dict[str, Any]) -> None:
     view.notifications.sent = dict.fromkeys(map(tuple, state.get("notifications", [])), "")
 
 
-def _normalized(snapshot: dict[str, Any], order_id: str) -> dict[str, Any]:
-    def rename(value: Any) -> Any:
-        if isinstance(value, str):
-            return "ORDER" if value == order_id else value
-        if isinstance(value, dict):
-            return {rename(k): rename(v) for k, v in value.items()}
-        if isinstance(value, list | tuple):
-            return type(value)(rename(v) for v in value)
-        return value
-
-    renamed: dict[str, Any] = rename(snapshot)
-    return renamed
-
-
 async def run_flows(
-    styles: Sequence[str], failures: Failures, url: str, store_url: str | None = None
+    styles: Sequence[str],
+    failures: Failures,
+    url: str,
+    store_url: str | None = None,
+    journal: str | None = None,
+    order_ids: dict[str, str] | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Run each style over ``url``; return every service's end state per style.
 
     Order ids are replaced by ``"ORDER"`` so that the styles can be compared.
+    With ``journal`` (a URL every process can reach), each process records the
+    flow there; ``order_ids`` is then filled with each style's order id (the
+    correlation id to trace).
     """
     names = [name for name in FAILURE_NAMES if getattr(failures, name.replace("-", "_"))]
     results: dict[str, dict[str, Any]] = {}
+    ids = order_ids if order_ids is not None else {}
     with tempfile.TemporaryDirectory(prefix="sagaflow-fleet-") as workdir:
         for style in styles:
-            results[style] = await _run_style(style, names, url, store_url, Path(workdir))
+            results[style] = await _run_style(
+                style, names, url, store_url, Path(workdir), journal, ids
+            )
     return results
 
 
 async def run_distributed(
-    styles: Sequence[str], failures: Failures, url: str, store_url: str | None
+    styles: Sequence[str],
+    failures: Failures,
+    url: str,
+    store_url: str | None,
+    journal: str | None = None,
 ) -> int:
     """Run each style with one process per service over ``url``; return an exit code."""
-    results = await run_flows(styles, failures, url, store_url)
+    order_ids: dict[str, str] = {}
+    results = await run_flows(styles, failures, url, store_url, journal, order_ids)
+    if journal:
+        print_trace_hint(journal, list(order_ids.values()))
     if len(results) == 2:
         agree = results["orchestration"] == results["choreography"]
         print(f"\nboth styles reached the same end state: {'yes' if agree else 'NO'}")

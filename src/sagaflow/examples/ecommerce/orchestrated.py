@@ -20,7 +20,7 @@ from sagaflow import (
 from sagaflow.examples.ecommerce.model import OrderRequest
 from sagaflow.examples.ecommerce.services import Services
 
-__all__ = ["OrderState", "order_saga", "place_order"]
+__all__ = ["OrderState", "definition", "order_saga", "place_order"]
 
 
 class OrderState(OrderRequest):
@@ -75,6 +75,11 @@ def order_saga(services: Services) -> Saga[OrderState]:
             Step("notify_customer", notify_customer, kind=StepKind.RETRIABLE, retry=QUICK),
         ],
     )
+
+
+def definition() -> Saga[OrderState]:
+    """The order saga over fresh services (for diagrams: ``sagaflow diagram ...:definition``)."""
+    return order_saga(Services())
 
 
 async def place_order(

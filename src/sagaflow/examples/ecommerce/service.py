@@ -23,6 +23,8 @@ from sagaflow.choreography import EventBus
 from sagaflow.events import Event
 from sagaflow.examples.ecommerce import choreographed, commands
 from sagaflow.examples.ecommerce.services import Failures, Payments, Services
+from sagaflow.observability.journal import open_journal
+from sagaflow.observability.recorder import Journaling
 from sagaflow.transports.base import Transport
 
 __all__ = ["SERVICES", "ServiceState", "StateRequested", "demo_transport", "main"]
@@ -112,11 +114,14 @@ async def serve(args: argparse.Namespace) -> None:
         crashing = _CrashingPayments(failures=failures)
         crashing.marker = Path(args.crash_marker) if args.crash_marker else None
         services.payments = crashing
+    journaling = Journaling(open_journal(args.journal), service=args.name) if args.journal else None
     bus = EventBus(
         demo_transport(args.transport),
         source=f"/{args.name}",
         topic_for=prefixed(args.prefix),
         on_unrouted=lambda envelope: None,  # other processes subscribe to what we publish
+        middleware=[journaling] if journaling is not None else [],
+        on_dead_letter=journaling.on_dead_letter if journaling is not None else None,
     )
     if args.style == "choreography":
         choreographed.wire(bus, services, only={args.name})
@@ -138,6 +143,8 @@ async def serve(args: argparse.Namespace) -> None:
     async with bus:
         print("READY", flush=True)
         await stop.wait()
+    if journaling is not None:
+        await journaling.close()
 
 
 def main() -> None:
@@ -149,6 +156,7 @@ def main() -> None:
     parser.add_argument("--prefix", required=True, help="topic prefix of this demo run")
     parser.add_argument("--fail", action="append", default=[])
     parser.add_argument("--crash-marker", help="file that marks the crash as done")
+    parser.add_argument("--journal", metavar="URL", help="flow journal to record into")
     asyncio.run(serve(parser.parse_args()))
 
 
