@@ -84,7 +84,7 @@ CREATE TABLE IF NOT EXISTS {p}queue (
     lease_owner text,
     published_at timestamptz NOT NULL DEFAULT now()
 );
-CREATE INDEX IF NOT EXISTS {p}queue_claim ON {p}queue (topic, grp, visible_at, seq);
+CREATE INDEX IF NOT EXISTS {p}queue_claim ON {p}queue (topic, grp, seq);
 CREATE TABLE IF NOT EXISTS {p}dead_letters (
     seq bigserial PRIMARY KEY,
     topic text NOT NULL,
@@ -313,26 +313,25 @@ class PostgresTransport:
         await self._ensure_ready()
 
     async def _insert(self, conn: Any, messages: Sequence[Message]) -> None:
-        async with conn.cursor() as cur:
-            await cur.executemany(
-                f"INSERT INTO {self._p}queue (topic, grp, msg_id, body, headers, msg_key) "
-                "SELECT %s::text, g.grp, %s::text, %s::bytea, %s::jsonb, %s::text "
-                f"FROM {self._p}groups g WHERE g.topic = %s",
-                [
-                    (
-                        m.topic,
-                        m.id,
-                        m.body,
-                        json.dumps(dict(m.headers)),
-                        m.key,
-                        m.topic,
-                    )
-                    for m in messages
-                ],
-            )
-            for topic in sorted({m.topic for m in messages}):
-                # Delivered at commit; only a wake-up hint for listeners.
-                await cur.execute("SELECT pg_notify(%s, %s)", (_CHANNEL, topic))
+        # One statement per batch: the fan-out to groups happens in the server, and
+        # ORDER BY keeps seq (hence delivery order) in publish order.
+        await conn.execute(
+            f"INSERT INTO {self._p}queue (topic, grp, msg_id, body, headers, msg_key) "
+            "SELECT m.topic, g.grp, m.id, m.body, m.headers, m.key "
+            "FROM unnest(%b::text[], %b::text[], %b::bytea[], %b::jsonb[], %b::text[]) "
+            "WITH ORDINALITY AS m(topic, id, body, headers, key, ord) "
+            f"JOIN {self._p}groups g ON g.topic = m.topic ORDER BY m.ord, g.grp",
+            (
+                [m.topic for m in messages],
+                [m.id for m in messages],
+                [m.body for m in messages],
+                [json.dumps(dict(m.headers)) for m in messages],
+                [m.key for m in messages],
+            ),
+        )
+        for topic in sorted({m.topic for m in messages}):
+            # Delivered at commit; only a wake-up hint for listeners.
+            await conn.execute("SELECT pg_notify(%s, %s)", (_CHANNEL, topic))
 
     # --- subscribe ---------------------------------------------------------------------
 
@@ -395,20 +394,27 @@ class PostgresTransport:
     async def _claim(self, sub: _Subscription) -> list[tuple[Any, ...]]:
         acks, sub.ack_buffer = sub.ack_buffer, []
         try:
-            async with self._pool.connection() as conn, conn.transaction():
-                if acks:
-                    await conn.execute(
-                        f"DELETE FROM {self._p}queue WHERE seq = ANY(%s) AND lease_owner = %s",
-                        (acks, sub.owner),
-                    )
+            async with self._pool.connection() as conn:
+                # One statement, one round trip: delete what was acked since the last
+                # claim (fenced by our lease), claim the next rows.
                 cur = await conn.execute(
+                    f"WITH acked AS (DELETE FROM {self._p}queue "
+                    "WHERE seq = ANY(%s::bigint[]) AND lease_owner = %s) "
                     f"UPDATE {self._p}queue SET attempts = attempts + 1, lease_owner = %s, "
                     "visible_at = now() + make_interval(secs => %s) "
                     f"WHERE seq IN (SELECT seq FROM {self._p}queue "
                     "WHERE topic = %s AND grp = %s AND visible_at <= now() "
                     "ORDER BY seq LIMIT %s FOR UPDATE SKIP LOCKED) "
                     "RETURNING seq, msg_id, body, headers, msg_key, attempts",
-                    (sub.owner, self._lease, sub.topic, sub.group, sub.sizer.current),
+                    (
+                        acks,
+                        sub.owner,
+                        sub.owner,
+                        self._lease,
+                        sub.topic,
+                        sub.group,
+                        sub.sizer.current,
+                    ),
                 )
                 rows: list[tuple[Any, ...]] = await cur.fetchall()
         except BaseException:
