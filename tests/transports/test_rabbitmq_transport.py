@@ -35,32 +35,12 @@ async def read_dlq(t: Any, topic: str) -> list[tuple[str, str]]:
     return [(d.message.id, d.reason) for d in await t.dead_letters(topic)]
 
 
-async def test_roundtrip(factory: sc.Factory) -> None:
-    await sc.roundtrip(factory)
-
-
-async def test_fanout_and_competing(factory: sc.Factory) -> None:
-    await sc.fanout_and_competing(factory)
-
-
-async def test_nack_delay(factory: sc.Factory) -> None:
-    await sc.nack_delay(factory)
-
-
 async def test_dead_letter(factory: sc.Factory) -> None:
     await sc.dead_letter(factory, read_dlq)
 
 
 async def test_redelivered_after_close(factory: sc.Factory) -> None:
     await sc.redelivered_after_close(factory)
-
-
-async def test_too_large(factory: sc.Factory) -> None:
-    await sc.too_large(factory)
-
-
-async def test_close_ends_iterator(factory: sc.Factory) -> None:
-    await sc.close_ends_iterator(factory)
 
 
 async def test_max_deliveries(rabbitmq_url: str) -> None:
