@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import itertools
 import logging
 import random
@@ -22,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
 from pydantic import BaseModel, ValidationError
+from pydantic_core import to_jsonable_python
 
 from sagaflow.clock import Clock, SystemClock
 from sagaflow.errors import (
@@ -60,6 +62,8 @@ DEFAULT_STORE_RETRY = RetryPolicy(
     max_attempts=6, initial_delay=0.05, max_delay=2.0, retry_on=(StoreUnavailableError,)
 )
 
+# SagaRecord's generated __new__ is a Python function; the tuple's is not.
+_new_record = tuple.__new__
 _STARTED = RecordKind.STEP_STARTED
 _COMPLETED = RecordKind.STEP_COMPLETED
 _FAILED = RecordKind.STEP_FAILED
@@ -441,7 +445,21 @@ def apply_result(state: S, result: StepResult) -> tuple[S, Any]:
     except ValidationError as exc:
         raise SchemaError(f"state is invalid after the step's updates: {exc}") from exc
     # Log the validated values in JSON form, exactly as every store will return them.
+    if _plain_serialization(model):
+        values = new_state.__dict__
+        return new_state, {key: to_jsonable_python(values[key]) for key in result}
     return new_state, new_state.model_dump(mode="json", include=set(result))
+
+
+@functools.cache
+def _plain_serialization(model: type[BaseModel]) -> bool:
+    """Whether this model's field values serialize alone (no serializers of its own).
+
+    Nested models are serialized by their own serializers through
+    to_jsonable_python, which honours them; only this model's hooks need the full dump.
+    """
+    decorators = model.__pydantic_decorators__
+    return not (decorators.field_serializers or decorators.model_serializers)
 
 
 def replay_state(saga: Saga[S], records: Sequence[SagaRecord]) -> S:
@@ -627,7 +645,7 @@ class _Execution(Generic[S]):
         attempt: int = 0,
         data: Mapping[str, Any] | None = None,
     ) -> None:
-        record = SagaRecord(kind, step, attempt, self.now(), data)
+        record = _new_record(SagaRecord, (kind, step, attempt, self.now(), data))
         self.pending.append(record)
         self.log.append(record)
 

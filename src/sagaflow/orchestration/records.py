@@ -96,6 +96,9 @@ _STATUS_AFTER: dict[RecordKind, SagaStatus] = {
 }
 
 
+_CHANGES_STATUS = frozenset({*_STATUS_AFTER, RecordKind.SAGA_RESUMED})
+
+
 def status_after(current: SagaStatus | None, records: Sequence[SagaRecord]) -> SagaStatus:
     """Return the status a saga has after ``records`` are appended to its log.
 
@@ -107,6 +110,8 @@ def status_after(current: SagaStatus | None, records: Sequence[SagaRecord]) -> S
     """
     status = current
     for record in records:
+        if record.kind not in _CHANGES_STATUS:
+            continue
         if record.kind is RecordKind.SAGA_RESUMED:
             phase = (record.data or {}).get("phase")
             status = SagaStatus.RUNNING if phase == "forward" else SagaStatus.COMPENSATING

@@ -9,6 +9,7 @@ refuses data that has no JSON form. Nothing survives the process.
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -67,7 +68,7 @@ class MemorySagaStore:
             raise ConfigurationError("max_finished must be >= 0 or None")
         self._clock = clock or SystemClock()
         self._sagas: dict[str, _Entry] = {}
-        self._finished: dict[str, None] = {}  # insertion-ordered: oldest first
+        self._finished: deque[str] = deque()  # oldest first
         self._max_finished = max_finished
         self._seq = 0
         self._closed = False
@@ -235,11 +236,11 @@ class MemorySagaStore:
         limit = self._max_finished
         if limit is None:
             return
-        self._finished[saga_id] = None
+        self._finished.append(saga_id)
         while len(self._finished) > limit:
-            oldest = next(iter(self._finished))
-            del self._finished[oldest]
+            oldest = self._finished.popleft()
             entry = self._sagas.get(oldest)
+            # Resumed by an operator since, or finished twice in the queue: keep it.
             if entry is not None and entry.status in _EVICTABLE:
                 del self._sagas[oldest]
 
