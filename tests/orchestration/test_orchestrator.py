@@ -492,3 +492,45 @@ async def test_a_fenced_writer_stops():
     with pytest.raises(FencedError):
         await Orchestrator(store, owner="me", lease=0.0).run(saga, {"order_id": "x"}, saga_id="f")
     assert not gate.is_set()  # the step after the lost lease never ran
+
+
+async def test_logged_updates_are_json_values_honouring_custom_serializers():
+    import datetime as dt
+
+    from pydantic import field_serializer
+
+    class Plain(BaseModel):
+        at: dt.datetime | None = None
+        tags: tuple[str, ...] = ()
+
+    class Custom(BaseModel):
+        cents: int = 0
+
+        @field_serializer("cents")
+        def as_text(self, value: int) -> str:
+            return f"{value / 100:.2f}"
+
+    when = dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=dt.UTC)
+
+    async def set_plain(ctx):
+        return {"at": when, "tags": ("a", "b")}
+
+    async def set_custom(ctx):
+        return {"cents": 1234}
+
+    async def undo(ctx):
+        return None
+
+    for model, action, expected in (
+        (Plain, set_plain, {"at": "2026-01-02T03:04:05Z", "tags": ["a", "b"]}),
+        (Custom, set_custom, {"cents": "12.34"}),
+    ):
+        saga = Saga("s", state=model, steps=[Step("a", action, compensate=undo)])
+        store = MemorySagaStore()
+        result = await Orchestrator(store).run(saga, {}, saga_id="j")
+        done = next(r for r in result.records if r.kind is RecordKind.STEP_COMPLETED)
+        assert done.data["updates"] == expected
+        stored = next(
+            r for r in (await store.load("j")).records if r.kind is RecordKind.STEP_COMPLETED
+        )
+        assert stored.data == done.data
