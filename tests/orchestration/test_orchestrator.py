@@ -534,3 +534,30 @@ async def test_logged_updates_are_json_values_honouring_custom_serializers():
             r for r in (await store.load("j")).records if r.kind is RecordKind.STEP_COMPLETED
         )
         assert stored.data == done.data
+
+
+async def test_a_write_that_committed_before_its_reply_was_lost_is_recognised():
+    from sagaflow.errors import StoreUnavailableError
+
+    class Flaky(MemorySagaStore):
+        """Commits the 2nd append, then reports the connection lost."""
+
+        appends = 0
+
+        async def append(self, saga_id, records, **kw):
+            Flaky.appends += 1
+            version = await super().append(saga_id, records, **kw)
+            if Flaky.appends == 2:
+                raise StoreUnavailableError("connection lost after commit")
+            return version
+
+    async def act(ctx):
+        return None
+
+    store = Flaky()
+    saga = Saga("s", state=Order, steps=[Step(n, act, compensate=act) for n in "abc"])
+    orchestrator = Orchestrator(store, store_retry=RetryPolicy(max_attempts=3, initial_delay=0))
+    result = await orchestrator.run(saga, {"order_id": "x"}, saga_id="amb")
+    assert result.status is SagaStatus.COMPLETED
+    log = await store.load("amb")
+    assert log.records == result.records  # nothing written twice, nothing missing

@@ -27,6 +27,7 @@ from pydantic_core import to_jsonable_python
 
 from sagaflow.clock import Clock, SystemClock
 from sagaflow.errors import (
+    ConcurrencyError,
     DefinitionMismatchError,
     FencedError,
     SagaAlreadyExistsError,
@@ -357,6 +358,11 @@ class Orchestrator:
                 return await self.store.append(
                     saga_id, records, expected_version=version, fencing_token=token
                 )
+            except FencedError:
+                raise
+            except ConcurrencyError:
+                # An earlier attempt may have committed before its reply was lost.
+                return await self._already_written(saga_id, records, version)
             except StoreUnavailableError as exc:
                 elapsed = self.clock.monotonic() - started
                 if not policy.should_retry(exc, attempt=attempt, elapsed=elapsed):
@@ -364,6 +370,17 @@ class Orchestrator:
                 _log.warning("saga %s: store unavailable, retrying write", saga_id)
                 await self.clock.sleep(policy.delay(attempt, self.rng))
                 attempt += 1
+
+    async def _already_written(self, saga_id: str, records: list[SagaRecord], version: int) -> int:
+        """Return the new version if ``records`` were appended at ``version``; else raise."""
+        log = await self.store.load(saga_id)
+        stored = log.records[version : version + len(records)]
+        if len(stored) == len(records) and all(
+            (a.kind, a.step, a.attempt, a.at) == (b.kind, b.step, b.attempt, b.at)
+            for a, b in zip(stored, records, strict=True)
+        ):
+            return version + len(records)
+        raise ConcurrencyError(saga_id, expected_version=version, actual_version=log.version)
 
     def _activate(self, execution: _Execution[Any]) -> None:
         self._active[execution.saga_id] = execution
