@@ -561,3 +561,45 @@ async def test_a_write_that_committed_before_its_reply_was_lost_is_recognised():
     assert result.status is SagaStatus.COMPLETED
     log = await store.load("amb")
     assert log.records == result.records  # nothing written twice, nothing missing
+
+
+@pytest.mark.parametrize("committed", [True, False])
+async def test_cancellation_during_a_store_write_loses_and_duplicates_nothing(committed):
+    entered = asyncio.Event()
+
+    class Slow(MemorySagaStore):
+        """The 2nd append hangs (after or before committing) until cancelled."""
+
+        appends = 0
+
+        async def append(self, saga_id, records, **kw):
+            Slow.appends += 1
+            if Slow.appends != 2:
+                return await super().append(saga_id, records, **kw)
+            if committed:
+                await super().append(saga_id, records, **kw)
+            entered.set()
+            await asyncio.sleep(3600)
+            raise AssertionError("unreachable")
+
+    undone = []
+
+    async def act(ctx):
+        return None
+
+    async def undo(ctx):
+        undone.append(ctx.step)
+
+    store = Slow()
+    saga = Saga("s", state=Order, steps=[Step(n, act, compensate=undo) for n in "abc"])
+    task = asyncio.ensure_future(Orchestrator(store).run(saga, {"order_id": "x"}, saga_id="cw"))
+    await entered.wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    log = await store.load("cw")
+    assert log.status is SagaStatus.COMPENSATED
+    keys = [(r.kind, r.step, r.attempt) for r in log.records]
+    assert len(keys) == len(set(keys)), "a record was written twice"
+    assert (RecordKind.STEP_COMPLETED, "a", 1) in keys  # nothing lost
+    assert undone[-1] == "a"

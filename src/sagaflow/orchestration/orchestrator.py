@@ -689,6 +689,37 @@ class _Execution(Generic[S]):
         except StoreUnavailableError:
             # Rare path: hand the write to the retrying loop.
             self.version = await self.orch._write(self.saga_id, records, self.version, token)
+        except asyncio.CancelledError:
+            # The write may or may not have happened: keep the records; the next
+            # write finds out (see the ConcurrencyError branch) and sends the rest.
+            self.pending[:0] = records
+            raise
+        except FencedError:
+            raise
+        except ConcurrencyError:
+            rest = await self._unwritten(records)
+            if rest:
+                self.version = await self.store.append(
+                    self.saga_id, rest, expected_version=self.version, fencing_token=token
+                )
+
+    async def _unwritten(self, records: list[SagaRecord]) -> list[SagaRecord]:
+        """After a version conflict: which of ``records`` an interrupted write did not store.
+
+        Raises:
+            ConcurrencyError: Someone else wrote to the saga.
+        """
+        log = await self.store.load(self.saga_id)
+        stored = log.records[self.version :]
+        mine = [(r.kind, r.step, r.attempt, r.at) for r in records[: len(stored)]]
+        if len(stored) > len(records) or mine != [
+            (r.kind, r.step, r.attempt, r.at) for r in stored
+        ]:
+            raise ConcurrencyError(
+                self.saga_id, expected_version=self.version, actual_version=log.version
+            )
+        self.version = log.version
+        return records[len(stored) :]
 
     def start(self) -> None:
         """Record the saga's start; it is created in the store with the first step's start."""
