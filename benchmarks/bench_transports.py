@@ -77,6 +77,41 @@ async def sagaflow_run(broker: str, n: int) -> float:
     return n / elapsed
 
 
+async def bus_run(broker: str, n: int) -> float:
+    """The same through the EventBus: typed events, JSON envelopes, inbox, pipeline."""
+    from sagaflow.choreography.bus import EventBus
+    from sagaflow.events import Event, EventRegistry
+
+    registry = EventRegistry()
+    suffix = uuid.uuid4().hex[:8]
+
+    class OrderPlaced(Event, type=f"bench.order{suffix}.v1", registry=registry):
+        order_id: str
+        amount: int
+
+    transport: Any = open_transport(URLS[broker], **OPTIONS[broker])
+    handled = 0
+    finished = asyncio.Event()
+    bus = EventBus(transport, registry=registry, close_transport=True)
+
+    @bus.handler(OrderPlaced, group=f"bench-{suffix}")
+    async def on_order(event: OrderPlaced) -> None:
+        nonlocal handled
+        handled += 1
+        if handled == n:
+            finished.set()
+
+    await bus.start()
+    events = [OrderPlaced(order_id=str(i), amount=1999) for i in range(n)]
+    started = time.perf_counter()
+    for i in range(0, n, BATCH):
+        await bus.publish_many(events[i : i + BATCH])
+    await asyncio.wait_for(finished.wait(), 300)
+    elapsed = time.perf_counter() - started
+    await bus.stop()
+    return n / elapsed
+
+
 # --- raw clients -----------------------------------------------------------------------
 
 
@@ -269,6 +304,7 @@ async def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--only", default="redis,nats,rabbitmq,postgres")
     parser.add_argument("--scale", type=float, default=1.0, help="multiply message counts")
+    parser.add_argument("--bus", action="store_true", help="also measure through the EventBus")
     args = parser.parse_args()
     rows = []
     for broker in args.only.split(","):
@@ -276,27 +312,36 @@ async def main() -> None:
             print(f"{broker}: not reachable, skipped")
             continue
         n = int(COUNTS[broker] * args.scale)
-        ours, raw, fast = [], [], []
+        ours, raw, fast, bus = [], [], [], []
         for _ in range(args.runs):
             # Alternate so that drift on a shared machine hits both alike.
             raw.append(await RAW[broker](n))
             ours.append(await sagaflow_run(broker, n))
+            if args.bus:
+                bus.append(await bus_run(broker, n))
             if broker == "redis":
                 with contextlib.suppress(ImportError):
                     fast.append(await faststream_redis(max(1000, n // 4)))
         row = (broker, n, statistics.median(ours), statistics.median(raw))
-        rows.append((*row, statistics.median(fast) if fast else None))
+        rows.append(
+            (
+                *row,
+                statistics.median(fast) if fast else None,
+                statistics.median(bus) if bus else None,
+            )
+        )
         print(f"{broker}: sagaflow {row[2]:,.0f} msgs/s, raw {row[3]:,.0f} msgs/s", flush=True)
     print()
     print(
-        "| transport | N | sagaflow msgs/s | raw client msgs/s | sagaflow/raw | FastStream msgs/s "
-        "| sagaflow/FastStream |"
+        "| transport | N | sagaflow msgs/s | raw client msgs/s | sagaflow/raw "
+        "| FastStream msgs/s | sagaflow/FastStream | via EventBus msgs/s |"
     )
-    print("|---|---:|---:|---:|---:|---:|---:|")
-    for broker, n, ours_m, raw_m, fast_m in rows:
-        fast_cells = f"{fast_m:,.0f} | {ours_m / fast_m:.1f}x" if fast_m else "- | -"
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    for broker, n, ours_m, raw_m, fast_m, bus_m in rows:
+        cells = f"{fast_m:,.0f} | {ours_m / fast_m:.1f}x" if fast_m else "- | -"
+        cells += f" | {bus_m:,.0f}" if bus_m else " | -"
         ratio = ours_m / raw_m
-        print(f"| {broker} | {n} | {ours_m:,.0f} | {raw_m:,.0f} | {ratio:.2f} | {fast_cells} |")
+        print(f"| {broker} | {n} | {ours_m:,.0f} | {raw_m:,.0f} | {ratio:.2f} | {cells} |")
 
 
 if __name__ == "__main__":
