@@ -237,7 +237,7 @@ async def max_deliveries(
         await d.nack()
         while True:
             try:
-                (d,) = await take(it, 1, within=3)
+                (d,) = await take(it, 1, within=1.5)
             except TimeoutError:
                 break
             attempts.append(d.attempt)

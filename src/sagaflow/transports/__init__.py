@@ -16,7 +16,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 from sagaflow.errors import ConfigurationError
-from sagaflow.transports._common import DeadLetter, mask_url
+from sagaflow.transports._common import BrokerDeadLetter, mask_url
 from sagaflow.transports.base import Delivery, Message, Transport, TransportFeatures
 from sagaflow.transports.memory import MemoryTransport
 
@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from sagaflow.transports.redis import RedisStreamsTransport
 
 __all__ = [
-    "DeadLetter",
+    "BrokerDeadLetter",
     "Delivery",
     "MemoryTransport",
     "Message",

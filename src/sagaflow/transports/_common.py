@@ -187,7 +187,7 @@ class PullIterator(Generic[D]):
 
 
 @dataclass(frozen=True, slots=True)
-class DeadLetter:
+class BrokerDeadLetter:
     """A message a consumer group gave up on, as stored in a broker's dead-letter place.
 
     Attributes:

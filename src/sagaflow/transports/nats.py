@@ -58,7 +58,7 @@ from sagaflow.errors import (
 from sagaflow.transports._common import (
     RECONNECT_POLICY,
     BatchSizer,
-    DeadLetter,
+    BrokerDeadLetter,
     PullIterator,
     check_messages,
     ensure_open,
@@ -579,13 +579,13 @@ class NatsJetStreamTransport:
 
     async def dead_letters(
         self, topic: str, *, group: str | None = None, limit: int = 100
-    ) -> list[DeadLetter]:
+    ) -> list[BrokerDeadLetter]:
         """Return up to ``limit`` dead letters of ``topic`` (of ``group``), oldest first."""
         ensure_open(self._closed.is_set(), "NatsJetStreamTransport")
         validate_name("topic", topic)
         await self._ensure_dlq()
         js = await self._connect()
-        out: list[DeadLetter] = []
+        out: list[BrokerDeadLetter] = []
         info = await js.stream_info(self.dead_letter_stream)
         seq = info.state.first_seq
         subject = self._dlq_subject(topic)
@@ -601,7 +601,7 @@ class NatsJetStreamTransport:
         return out
 
     @staticmethod
-    def _dead_letter_from(topic: str, raw: Any) -> DeadLetter:
+    def _dead_letter_from(topic: str, raw: Any) -> BrokerDeadLetter:
         headers = dict(raw.headers or {})
         reason = headers.pop(_REASON, "")
         group = headers.pop("Sagaflow-Group", "")
@@ -611,7 +611,7 @@ class NatsJetStreamTransport:
             headers.pop(extra, None)
         key = headers.pop(_KEY, None)
         message = Message(id=msg_id, topic=topic, body=raw.data or b"", headers=headers, key=key)
-        return DeadLetter(
+        return BrokerDeadLetter(
             topic=topic,
             group=group,
             message=message,

@@ -46,7 +46,7 @@ from sagaflow.errors import ConfigurationError, PublishError, TransportUnavailab
 from sagaflow.transports._common import (
     RECONNECT_POLICY,
     BatchSizer,
-    DeadLetter,
+    BrokerDeadLetter,
     PullIterator,
     check_messages,
     ensure_open,
@@ -560,7 +560,7 @@ class PostgresTransport:
 
     async def dead_letters(
         self, topic: str, *, group: str | None = None, limit: int = 100
-    ) -> list[DeadLetter]:
+    ) -> list[BrokerDeadLetter]:
         """Return up to ``limit`` dead letters of ``topic`` (of ``group``), oldest first."""
         ensure_open(self._closed.is_set(), "PostgresTransport")
         await self._ensure_ready()
@@ -573,7 +573,7 @@ class PostgresTransport:
             )
             rows = await cur.fetchall()
         return [
-            DeadLetter(
+            BrokerDeadLetter(
                 topic=topic,
                 group=grp,
                 message=Message(id=msg_id, topic=topic, body=bytes(body), headers=headers, key=key),

@@ -53,7 +53,7 @@ from sagaflow._optional import require
 from sagaflow.errors import ConfigurationError, PublishError, TransportUnavailableError
 from sagaflow.transports._common import (
     BatchSizer,
-    DeadLetter,
+    BrokerDeadLetter,
     PullIterator,
     check_messages,
     ensure_open,
@@ -536,7 +536,7 @@ class RabbitMQTransport:
 
     async def dead_letters(
         self, topic: str, *, group: str | None = None, limit: int = 100
-    ) -> list[DeadLetter]:
+    ) -> list[BrokerDeadLetter]:
         """Return up to ``limit`` dead letters of ``topic`` (of ``group``), oldest first.
 
         Reads the DLQ without consuming it (messages are returned to the queue).
@@ -550,7 +550,7 @@ class RabbitMQTransport:
                 self.dead_letter_queue(topic), durable=True, arguments={"x-queue-type": "classic"}
             )
             held = []
-            out: list[DeadLetter] = []
+            out: list[BrokerDeadLetter] = []
             while len(out) < limit:
                 incoming = await queue.get(no_ack=False, fail=False)
                 if incoming is None:
@@ -566,7 +566,7 @@ class RabbitMQTransport:
                 await channel.close()
 
     @staticmethod
-    def _dead_letter_from(topic: str, incoming: Any) -> DeadLetter:
+    def _dead_letter_from(topic: str, incoming: Any) -> BrokerDeadLetter:
         raw = dict(incoming.headers or {})
         reason = _text(raw.get(_REASON) or f"broker: {_text(raw.get('x-first-death-reason', ''))}")
         group = _text(raw.get(_GROUP, ""))
@@ -586,7 +586,7 @@ class RabbitMQTransport:
             headers=headers,
             key=_text(key) if key is not None else None,
         )
-        return DeadLetter(
+        return BrokerDeadLetter(
             topic=topic,
             group=group,
             message=message,

@@ -66,7 +66,7 @@ from sagaflow.errors import (
 from sagaflow.transports._common import (
     RECONNECT_POLICY,
     BatchSizer,
-    DeadLetter,
+    BrokerDeadLetter,
     PullIterator,
     check_messages,
     ensure_open,
@@ -689,18 +689,18 @@ class RedisStreamsTransport:
 
     async def dead_letters(
         self, topic: str, *, group: str | None = None, limit: int = 100
-    ) -> list[DeadLetter]:
+    ) -> list[BrokerDeadLetter]:
         """Return up to ``limit`` dead letters of ``topic`` (of ``group``), oldest first."""
         ensure_open(self._closed.is_set(), "RedisStreamsTransport")
         validate_name("topic", topic)
-        out: list[DeadLetter] = []
+        out: list[BrokerDeadLetter] = []
         start = "-"
         while len(out) < limit:
             entries = await self._client.xrange(self.dead_letter_key(topic), start, "+", 100)
             for entry_id, fields in entries:
                 if group is None or _s(fields.get(b"group", b"")) == group:
                     out.append(
-                        DeadLetter(
+                        BrokerDeadLetter(
                             topic=topic,
                             group=_s(fields.get(b"group", b"")),
                             message=_decode(fields, topic),
