@@ -38,7 +38,9 @@ KEYS, PER_KEY = 6, 40
 def _published(out: Path) -> list:
     if not out.exists():
         return []
-    return [from_json(json.loads(line)) for line in out.read_text().splitlines() if line]
+    # The last line may be half written (read while the relay writes): not confirmed yet.
+    complete = out.read_text().split("\n")[:-1]
+    return [from_json(json.loads(line)) for line in complete if line]
 
 
 async def _kill_mid_batch(args: list[str], out: Path) -> None:
