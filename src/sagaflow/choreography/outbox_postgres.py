@@ -391,8 +391,11 @@ class _Sql:
             )""",
             f"CREATE INDEX IF NOT EXISTS {identifier(table + '_pending')}"
             f" ON {t} (seq) WHERE state = {PENDING}",
-            f"CREATE INDEX IF NOT EXISTS {identifier(table + '_key')}"
-            f" ON {t} (msg_key, seq) WHERE state = {PENDING}",
+            # Rows in flight and rows waiting for a retry: few, found at once.
+            f"CREATE INDEX IF NOT EXISTS {identifier(table + '_leased')}"
+            f" ON {t} (lease_expires) WHERE state = {PENDING} AND lease_expires IS NOT NULL",
+            f"CREATE INDEX IF NOT EXISTS {identifier(table + '_waiting')}"
+            f" ON {t} (available_at) WHERE state = {PENDING} AND available_at > 0",
             f"CREATE INDEX IF NOT EXISTS {identifier(table + '_sent')}"
             f" ON {t} (sent_at) WHERE state = {SENT}",
         ]
@@ -427,19 +430,36 @@ class _Sql:
                 RETURNING 1)
             SELECT pg_notify(%(channel)s, '')"""
         claim_key = f"hashtextextended('{self.scope}claim', 0)"
-        self.claim_lock = f"SELECT pg_advisory_xact_lock({claim_key})"
-        self.claim = f"""UPDATE {t} SET lease_owner = %(owner)s, lease_expires = %(expires)s
-            WHERE seq IN (
+        # JIT off for this transaction: the planner overestimates the NOT EXISTS
+        # probe, and compiling the plan would cost far more than running it.
+        self.claim_lock = (
+            f"SELECT set_config('jit', 'off', true), pg_advisory_xact_lock({claim_key})"
+        )
+        # `held`: per key, the first row that is leased by a live relay or waits
+        # for a retry (both found through small partial indexes). Rows of a key
+        # from that one on must wait; the others are claimed in seq order.
+        self.claim = f"""WITH held AS (
+                SELECT msg_key, min(seq) AS from_seq FROM (
+                    SELECT msg_key, seq FROM {t}
+                    WHERE state = {PENDING} AND lease_expires > %(now)s
+                    UNION ALL
+                    SELECT msg_key, seq FROM {t}
+                    WHERE state = {PENDING} AND available_at > %(now)s
+                ) AS busy
+                WHERE msg_key IS NOT NULL
+                GROUP BY msg_key
+            ), picked AS (
                 SELECT o.seq FROM {t} o
+                LEFT JOIN held h ON h.msg_key = o.msg_key
                 WHERE o.state = {PENDING} AND o.available_at <= %(now)s
                   AND (o.lease_expires IS NULL OR o.lease_expires <= %(now)s)
-                  AND (o.msg_key IS NULL OR NOT EXISTS (
-                      SELECT 1 FROM {t} p
-                      WHERE p.state = {PENDING} AND p.msg_key = o.msg_key AND p.seq < o.seq
-                        AND (p.available_at > %(now)s OR p.lease_expires > %(now)s)))
+                  AND (h.from_seq IS NULL OR o.seq < h.from_seq)
                 ORDER BY o.seq LIMIT %(limit)s
-                FOR UPDATE OF o SKIP LOCKED)
-            RETURNING seq, msg_id, topic, msg_key, body, headers, attempts"""
+                FOR UPDATE OF o SKIP LOCKED
+            )
+            UPDATE {t} AS t SET lease_owner = %(owner)s, lease_expires = %(expires)s
+            FROM picked WHERE t.seq = picked.seq
+            RETURNING t.seq, t.msg_id, t.topic, t.msg_key, t.body, t.headers, t.attempts"""
         in_seqs = "seq = ANY(%(seqs)s::bigint[])"
         self.mark_sent = (
             f"UPDATE {t} SET state = {SENT}, sent_at = %(now)s, lease_owner = NULL,"
