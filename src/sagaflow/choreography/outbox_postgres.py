@@ -458,7 +458,7 @@ class _Sql:
                 FOR UPDATE OF o SKIP LOCKED
             )
             UPDATE {t} AS t SET lease_owner = %(owner)s, lease_expires = %(expires)s
-            FROM picked WHERE t.seq = picked.seq
+            WHERE t.seq = ANY(ARRAY(SELECT seq FROM picked))  -- by primary key, never a scan
             RETURNING t.seq, t.msg_id, t.topic, t.msg_key, t.body, t.headers, t.attempts"""
         in_seqs = "seq = ANY(%(seqs)s::bigint[])"
         self.mark_sent = (
