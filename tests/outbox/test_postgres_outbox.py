@@ -285,3 +285,14 @@ class _Clock:
 
     def advance(self, seconds: float) -> None:
         self.offset += seconds
+
+
+async def test_without_notify_relays_poll(postgres_url, schema, bus, conn):
+    quiet = PostgresOutbox(postgres_url, bus=bus, schema=schema, notify=False)
+    async with conn.transaction():
+        await quiet.add(conn, ItemAdded(key="a", n=0), key="a")
+        await quiet.add_many(conn, [ItemAdded(key="a", n=1), ItemAdded(key="b", n=0)])
+        await quiet.add(conn, ItemAdded(key="c", n=0))
+    transport = RecordingTransport()
+    assert await OutboxRelay(quiet, transport).drain() == 4
+    await quiet.close()

@@ -349,3 +349,15 @@ class _Clock(SystemClock):
 
     def advance(self, seconds: float) -> None:
         self.offset += seconds
+
+
+async def test_the_relay_stops_when_its_transport_is_closed(outbox, caplog):
+    conn = _app(outbox)
+    _add_items(outbox, conn, keys=1, per_key=2)
+    transport = MemoryTransport()
+    await transport.close()
+    relay = OutboxRelay(outbox, transport)
+    async with asyncio.timeout(5):
+        await relay.run()
+    assert "transport is closed" in caplog.text
+    assert await outbox.pending() == 2

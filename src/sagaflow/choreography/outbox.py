@@ -448,10 +448,8 @@ class OutboxRelay:
         """Relay until `stop` is called (or the transport is closed).
 
         Database and transport trouble is logged and retried with backoff; the
-        loop only ends on `stop` or when the transport is closed.
-
-        Raises:
-            TransportClosedError: The transport was closed under the relay.
+        loop only ends on `stop` or when the transport is closed (logged: rows
+        of the round in flight are published again after their lease).
         """
         while not self._stopping.is_set():
             try:
@@ -459,7 +457,8 @@ class OutboxRelay:
                 await self._maybe_cleanup()
                 self._failures = 0
             except TransportClosedError:
-                raise
+                logger.warning("outbox relay %s stops: its transport is closed", self.owner)
+                return
             except Exception:
                 self.stats.errors += 1
                 self._failures += 1

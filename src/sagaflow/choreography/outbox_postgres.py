@@ -82,6 +82,9 @@ class PostgresOutbox:
         serialize_keys: Take a per-key advisory lock in `add` so that rows of a
             key are numbered in commit order (see the module docstring). Turn
             off only if your transactions already serialize per key.
+        notify: Send ``NOTIFY`` from `add` so that idle relays wake at once.
+            PostgreSQL serializes the commits of notifying transactions; at
+            thousands of commits per second turn it off and let relays poll.
         pool_size: Most connections of the relay-side pool (a listener uses one more).
         connect_timeout: Seconds to wait for a connection.
         clock: Time source for ``created_at``.
@@ -95,17 +98,19 @@ class PostgresOutbox:
         schema: str = "sagaflow",
         table: str = "outbox",
         serialize_keys: bool = True,
+        notify: bool = True,
         pool_size: int = 4,
         connect_timeout: float = 10.0,
         clock: Clock | None = None,
     ) -> None:
         self.table = validate_identifier(table, "table").lower()
         self.serialize_keys = serialize_keys
+        self.notify = notify
         self._encoder = MessageEncoder(bus)
         self._clock = clock or SystemClock()
         schema = validate_identifier(schema, "schema").lower()
         self.channel = f"sagaflow_outbox_{schema}_{self.table}"[:63]
-        self._sql = _Sql(identifier(schema), self.table)
+        self._sql = _Sql(identifier(schema), self.table, notify=notify)
         self._db = PgAccess(
             url_or_pool,
             schema=schema,
@@ -366,9 +371,10 @@ class PostgresOutbox:
 class _Sql:
     """Every statement, with the schema and table names spliced in once."""
 
-    def __init__(self, schema: str, table: str) -> None:
+    def __init__(self, schema: str, table: str, *, notify: bool) -> None:
         t = f"{schema}.{identifier(table)}"
         self.meta = f"{schema}.{identifier(table + '_meta')}"
+        wake = "pg_notify(%(channel)s, '')" if notify else "NULL"
         # Scopes the key locks and the claim lock to this table.
         self.scope = f"sagaflow-outbox:{schema}.{table}:"
         self.create_tables = [
@@ -408,13 +414,9 @@ class _Sql:
         # The lock is taken while the subquery produces its row, before the
         # sequence value of the inserted row is drawn.
         self.insert_keyed = (
-            f"INSERT INTO {t} {columns} SELECT {values}"
-            f" FROM (SELECT {key_lock}, pg_notify(%(channel)s, '')) AS l"
+            f"INSERT INTO {t} {columns} SELECT {values} FROM (SELECT {key_lock}, {wake}) AS l"
         )
-        self.insert_one = (
-            f"INSERT INTO {t} {columns} SELECT {values}"
-            " FROM (SELECT pg_notify(%(channel)s, '')) AS l"
-        )
+        self.insert_one = f"INSERT INTO {t} {columns} SELECT {values} FROM (SELECT {wake}) AS l"
         # Sorted hashes: two transactions locking overlapping keys cannot deadlock.
         self.lock_keys = """SELECT pg_advisory_xact_lock(h) FROM (
                 SELECT DISTINCT hashtextextended(%(scope)s || k, 0) AS h
@@ -428,7 +430,7 @@ class _Sql:
                      WITH ORDINALITY AS u(id, topic, key, body, headers, ord)
                 ORDER BY u.ord
                 RETURNING 1)
-            SELECT pg_notify(%(channel)s, '')"""
+            SELECT {wake}"""
         claim_key = f"hashtextextended('{self.scope}claim', 0)"
         # JIT off for this transaction: the planner overestimates the NOT EXISTS
         # probe, and compiling the plan would cost far more than running it.
