@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 from sagaflow._optional import require
@@ -64,6 +64,8 @@ class PgAccess:
         pool_size: Most connections of an owned pool.
         connect_timeout: Seconds to wait for a connection.
         name: Pool name.
+        settings: Session settings (``{"synchronous_commit": "off"}``) for the
+            connections of an owned pool; a given pool is left as it is.
     """
 
     def __init__(
@@ -77,6 +79,7 @@ class PgAccess:
         pool_size: int,
         connect_timeout: float,
         name: str,
+        settings: Mapping[str, str] | None = None,
     ) -> None:
         self.schema = validate_identifier(schema, "schema").lower()
         self.connect_timeout = connect_timeout
@@ -85,13 +88,17 @@ class PgAccess:
             # A string, or (from a given pool) a callable making one.
             self.conninfo: Any = url_or_pool
             self._owns_pool = True
+            options = " ".join(f"-c {k}={v}" for k, v in (settings or {}).items())
+            kwargs: dict[str, Any] = {"autocommit": True}
+            if options:
+                kwargs["options"] = options
             self.pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
                 url_or_pool,
                 min_size=1,
                 max_size=max(1, pool_size),
                 open=False,
                 timeout=connect_timeout,
-                kwargs={"autocommit": True},
+                kwargs=kwargs,
                 name=name,
             )
         else:

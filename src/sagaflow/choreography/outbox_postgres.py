@@ -120,6 +120,10 @@ class PostgresOutbox:
             pool_size=pool_size,
             connect_timeout=connect_timeout,
             name=f"sagaflow-outbox-{schema}",
+            # The relay's own writes (leases, sent marks, retries) need not wait
+            # for the WAL flush: losing the last ones in a database crash only
+            # publishes those messages again, which at-least-once allows.
+            settings={"synchronous_commit": "off"},
         )
         self._wake = asyncio.Event()
         self._listener: asyncio.Task[None] | None = None
@@ -255,14 +259,17 @@ class PostgresOutbox:
         params = {"owner": owner, "expires": now + lease, "now": now, "limit": limit}
 
         async def work(conn: Any) -> list[OutboxMessage]:
-            # Claims take turns: under the lock this statement's snapshot holds
-            # every earlier claim, so no key is ever leased to two relays.
-            await conn.execute(self._sql.claim_lock)
-            rows = await (await conn.execute(self._sql.claim, params)).fetchall()
+            # Pipelined: BEGIN, lock, claim and COMMIT travel in one round trip.
+            async with conn.pipeline(), conn.transaction():
+                # Claims take turns: under the lock this statement's snapshot
+                # holds every earlier claim, so no key is leased to two relays.
+                await conn.execute(self._sql.claim_lock)
+                cursor = await conn.execute(self._sql.claim, params)
+            rows = await cursor.fetchall()
             rows.sort(key=lambda r: r[0])
             return [message_from_row(*r) for r in rows]
 
-        return await self._db.run(work, transaction=True)
+        return await self._db.run(work)
 
     async def mark_sent(self, seqs: Sequence[int], *, now: float, delete: bool) -> None:
         """Record that ``seqs`` were published (see `Outbox.mark_sent`)."""
@@ -432,10 +439,13 @@ class _Sql:
                 RETURNING 1)
             SELECT {wake}"""
         claim_key = f"hashtextextended('{self.scope}claim', 0)"
-        # JIT off for this transaction: the planner overestimates the NOT EXISTS
-        # probe, and compiling the plan would cost far more than running it.
+        # JIT off for this transaction: compiling the plan would cost more than
+        # running it. No wait for the WAL flush: a lease lost in a crash only
+        # leaves its rows unleased.
         self.claim_lock = (
-            f"SELECT set_config('jit', 'off', true), pg_advisory_xact_lock({claim_key})"
+            "SELECT set_config('jit', 'off', true),"
+            " set_config('synchronous_commit', 'off', true),"
+            f" pg_advisory_xact_lock({claim_key})"
         )
         # `held`: per key, the first row that is leased by a live relay or waits
         # for a retry (both found through small partial indexes). Rows of a key
@@ -461,7 +471,7 @@ class _Sql:
             )
             UPDATE {t} AS t SET lease_owner = %(owner)s, lease_expires = %(expires)s
             WHERE t.seq = ANY(ARRAY(SELECT seq FROM picked))  -- by primary key, never a scan
-            RETURNING t.seq, t.msg_id, t.topic, t.msg_key, t.body, t.headers, t.attempts"""
+            RETURNING t.seq, t.msg_id, t.topic, t.msg_key, t.body, t.headers::text, t.attempts"""
         in_seqs = "seq = ANY(%(seqs)s::bigint[])"
         self.mark_sent = (
             f"UPDATE {t} SET state = {SENT}, sent_at = %(now)s, lease_owner = NULL,"
