@@ -63,7 +63,10 @@ class SQLiteOutbox:
         table: Name of the outbox table (``{table}_meta`` holds its version).
         clock: Time source for ``created_at``.
         busy_timeout: Seconds the relay waits for your write lock.
-        synchronous: ``"FULL"`` or ``"NORMAL"`` for the relay's connection.
+        synchronous: ``"NORMAL"`` (default) or ``"FULL"`` for the relay's own
+            connection only (SQLite sets it per connection; yours keep theirs).
+            The relay's writes are leases and sent marks: losing the last ones
+            on a power loss only publishes those messages again.
     """
 
     def __init__(
@@ -74,7 +77,7 @@ class SQLiteOutbox:
         table: str = "sagaflow_outbox",
         clock: Clock | None = None,
         busy_timeout: float = 5.0,
-        synchronous: Literal["FULL", "NORMAL"] = "FULL",
+        synchronous: Literal["FULL", "NORMAL"] = "NORMAL",
     ) -> None:
         self.path = os.fspath(path)
         self.table = validate_identifier(table, "table")
@@ -286,12 +289,10 @@ class SQLiteOutbox:
     def connect(self) -> sqlite3.Connection:
         """Open a new connection to the database (a convenience for scripts and tests).
 
-        It uses Python's default transaction handling, so ``with conn:`` commits
-        or rolls back.
+        It uses Python's default transaction handling (``with conn:`` commits or
+        rolls back), WAL mode and ``synchronous=FULL``.
         """
-        conn = connect(
-            self.path, busy_timeout=self._busy_timeout, synchronous=self._synchronous, wal=True
-        )
+        conn = connect(self.path, busy_timeout=self._busy_timeout, synchronous="FULL", wal=True)
         conn.isolation_level = "DEFERRED"  # BEGIN before the first write, as by default
         return conn
 
