@@ -48,7 +48,7 @@ class OrderPlaced(Event, type="bench.order-placed.v1", registry=registry):
 
 
 def _messages(bus: EventBus, rows: int, keys: int) -> list[Message]:
-    from sagaflow.choreography.outbox import MessageEncoder
+    from sagaflow.choreography._outbox_common import MessageEncoder
 
     encoder = MessageEncoder(bus)
     return [

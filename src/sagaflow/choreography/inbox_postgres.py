@@ -24,8 +24,8 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING, Any, Final
 
+from sagaflow.choreography._outbox_common import event_id_or_current
 from sagaflow.choreography._postgres import PgAccess, identifier, user_connection
-from sagaflow.choreography.inbox_sqlite import event_id_or_current
 from sagaflow.clock import Clock, SystemClock
 from sagaflow.errors import ConfigurationError, StoreError
 from sagaflow.stores._batch import Batcher, PendingWrite

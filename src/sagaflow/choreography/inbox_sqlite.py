@@ -23,8 +23,8 @@ import os
 import sqlite3
 from typing import Final, Literal
 
+from sagaflow.choreography._outbox_common import event_id_or_current
 from sagaflow.choreography._sqlite import SQLiteWorker, connect, is_missing_table
-from sagaflow.choreography.context import current_envelope
 from sagaflow.clock import Clock, SystemClock
 from sagaflow.errors import ConfigurationError, SchemaVersionError
 from sagaflow.stores._common import validate_identifier
@@ -33,20 +33,6 @@ __all__ = ["SQLiteInbox"]
 
 SCHEMA_VERSION: Final = 1
 """The newest inbox schema version this code knows."""
-
-
-def event_id_or_current(event_id: str | None) -> str:
-    """Return ``event_id``, or the id of the event being handled (internal).
-
-    Raises:
-        ConfigurationError: No id given and no event is being handled.
-    """
-    if event_id is not None:
-        return event_id
-    envelope = current_envelope()
-    if envelope is None:
-        raise ConfigurationError("no event id given and no event is being handled")
-    return envelope.id
 
 
 class SQLiteInbox:

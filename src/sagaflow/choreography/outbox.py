@@ -38,16 +38,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import os
 import random
 import socket
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 from sagaflow.clock import Clock, SystemClock
 from sagaflow.errors import (
@@ -58,12 +57,8 @@ from sagaflow.errors import (
     TransportClosedError,
     TransportUnavailableError,
 )
-from sagaflow.events import Event
 from sagaflow.retry import RetryPolicy
-from sagaflow.transports.base import Message, Transport, validate_name
-
-if TYPE_CHECKING:
-    from sagaflow.choreography.bus import EventBus
+from sagaflow.transports.base import Message, Transport
 
 __all__ = [
     "DEFAULT_RELAY_RETRY",
@@ -78,6 +73,9 @@ logger = logging.getLogger("sagaflow.outbox")
 
 DEFAULT_RELAY_RETRY = RetryPolicy(max_attempts=20, initial_delay=0.5, max_delay=60.0)
 """Backoff between failed publishes of one row; ``max_attempts`` failures park it."""
+
+# Backoff of the relay loop itself after a failed round (database or broker away).
+_ROUND_BACKOFF = RetryPolicy(max_attempts=None, initial_delay=0.1, max_delay=10.0)
 
 # Errors that publishing the same message again cannot cure: park at once.
 _PERMANENT: tuple[type[BaseException], ...] = (
@@ -182,91 +180,6 @@ class Outbox(Protocol):
     async def close(self) -> None:
         """Release the relay-side connection; idempotent."""
         ...
-
-
-# -- writer-side helpers shared by the SQLite and PostgreSQL outboxes ---------------------
-
-
-def encode_headers(headers: Mapping[str, str]) -> str:
-    """Return message headers as compact JSON text (internal)."""
-    return json.dumps(dict(headers), separators=(",", ":"))
-
-
-def decode_headers(raw: str | bytes | Mapping[str, str] | None) -> dict[str, str]:
-    """Return headers stored by `encode_headers` (psycopg may hand back a dict)."""
-    if raw is None:
-        return {}
-    if isinstance(raw, Mapping):
-        return dict(raw)
-    decoded: dict[str, str] = json.loads(raw)
-    return decoded
-
-
-class MessageEncoder:
-    """Turns events into outbox messages exactly as `EventBus.publish` would (internal).
-
-    Envelopes come from `EventBus.envelope` (so correlation and causation ids are
-    inherited inside handlers) and bytes from the bus's serializer and topic map.
-    Without a bus, a default `EventBus` over the default registry is used.
-    """
-
-    __slots__ = ("_bus",)
-
-    def __init__(self, bus: EventBus | None) -> None:
-        self._bus = bus
-
-    @property
-    def bus(self) -> EventBus:
-        """The bus whose envelopes, serializer and topics are used."""
-        if self._bus is None:
-            from sagaflow.choreography.bus import EventBus
-
-            # A bus that is never started: only its envelope building is used.
-            self._bus = EventBus(source="sagaflow")
-        return self._bus
-
-    def encode(
-        self,
-        event: Event,
-        *,
-        key: str | None = None,
-        id: str | None = None,
-        subject: str | None = None,
-        headers: Mapping[str, str] | None = None,
-        correlation_id: str | None = None,
-        causation_id: str | None = None,
-        traceparent: str | None = None,
-    ) -> Message:
-        """Return the message `EventBus.publish` would send for ``event``.
-
-        Raises:
-            ConfigurationError: The event class is not registered or a header is reserved.
-            MessageTooLargeError: The encoded event is over the serializer's limit.
-        """
-        bus = self.bus
-        envelope = bus.envelope(
-            event,
-            id=id,
-            subject=subject,
-            key=key,
-            headers=headers,
-            correlation_id=correlation_id,
-            causation_id=causation_id,
-            traceparent=traceparent,
-        )
-        return bus.serializer.encode(envelope, topic=bus.topic_for(envelope.type))
-
-
-def check_message(message: Message) -> Message:
-    """Validate a ready-made message before it is recorded (internal).
-
-    Raises:
-        ConfigurationError: The topic name is unsafe or the id is empty.
-    """
-    validate_name("topic", message.topic)
-    if not message.id:
-        raise ConfigurationError("an outbox message needs a non-empty id")
-    return message
 
 
 # -- the relay ---------------------------------------------------------------------------
@@ -615,35 +528,3 @@ class OutboxRelay:
             return
         self._next_cleanup = now + self.cleanup_interval
         self.stats.cleaned += await self.outbox.cleanup(sent_before=now - self.retention)
-
-
-# Backoff of the relay loop itself after a failed round (database or broker away).
-_ROUND_BACKOFF = RetryPolicy(max_attempts=None, initial_delay=0.1, max_delay=10.0)
-
-
-def message_from_row(
-    seq: int,
-    msg_id: str,
-    topic: str,
-    key: str | None,
-    body: bytes,
-    headers: str | bytes | Mapping[str, str] | None,
-    attempts: int,
-) -> OutboxMessage:
-    """Build an `OutboxMessage` from the stored columns (internal)."""
-    message = Message(
-        id=msg_id, topic=topic, body=bytes(body), headers=decode_headers(headers), key=key
-    )
-    return OutboxMessage(seq=int(seq), message=message, attempts=int(attempts))
-
-
-def parked_from_row(row: Sequence[Any]) -> ParkedMessage:
-    """Build a `ParkedMessage` from ``seq, id, topic, key, body, headers, attempts, reason, at``."""
-    claimed = message_from_row(*row[:7])
-    return ParkedMessage(
-        seq=claimed.seq,
-        message=claimed.message,
-        reason=str(row[7] or ""),
-        attempts=claimed.attempts,
-        parked_at=float(row[8] or 0.0),
-    )

@@ -38,16 +38,15 @@ import logging
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Final
 
-from sagaflow.choreography._postgres import PgAccess, identifier, user_connection
-from sagaflow.choreography.outbox import (
+from sagaflow.choreography._outbox_common import (
     MessageEncoder,
-    OutboxMessage,
-    ParkedMessage,
     check_message,
     encode_headers,
     message_from_row,
     parked_from_row,
 )
+from sagaflow.choreography._postgres import PgAccess, identifier, user_connection
+from sagaflow.choreography.outbox import OutboxMessage, ParkedMessage
 from sagaflow.clock import Clock, SystemClock
 from sagaflow.events import Event
 from sagaflow.stores._common import validate_identifier

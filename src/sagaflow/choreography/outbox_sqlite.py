@@ -24,16 +24,15 @@ import sqlite3
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Final, Literal
 
-from sagaflow.choreography._sqlite import SQLiteWorker, connect, is_missing_table
-from sagaflow.choreography.outbox import (
+from sagaflow.choreography._outbox_common import (
     MessageEncoder,
-    OutboxMessage,
-    ParkedMessage,
     check_message,
     encode_headers,
     message_from_row,
     parked_from_row,
 )
+from sagaflow.choreography._sqlite import SQLiteWorker, connect, is_missing_table
+from sagaflow.choreography.outbox import OutboxMessage, ParkedMessage
 from sagaflow.clock import Clock, SystemClock
 from sagaflow.errors import SchemaVersionError
 from sagaflow.events import Event
