@@ -361,3 +361,25 @@ async def test_the_relay_stops_when_its_transport_is_closed(outbox, caplog):
         await relay.run()
     assert "transport is closed" in caplog.text
     assert await outbox.pending() == 2
+
+
+async def test_a_relay_gives_back_what_it_cannot_publish_within_its_lease(outbox):
+    conn = _app(outbox)
+    _add_items(outbox, conn, keys=2, per_key=6)
+    transport = _SlowTransport(0.05)
+    relay = OutboxRelay(outbox, transport, lease=0.2, batch_size=100)
+    assert await relay.relay_once() == 12
+    assert relay.stats.released > 0  # later waves went back before the lease lapsed
+    await relay.drain()
+    by_key = numbers_by_key(transport.published, JsonSerializer(registry).decode)
+    assert by_key == {"k0": list(range(6)), "k1": list(range(6))}
+
+
+class _SlowTransport(RecordingTransport):
+    def __init__(self, pause: float) -> None:
+        super().__init__()
+        self.pause = pause
+
+    async def publish(self, messages):
+        await asyncio.sleep(self.pause)
+        await super().publish(messages)
