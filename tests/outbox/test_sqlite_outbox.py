@@ -383,3 +383,43 @@ class _SlowTransport(RecordingTransport):
     async def publish(self, messages):
         await asyncio.sleep(self.pause)
         await super().publish(messages)
+
+
+async def test_strict_order_off_publishes_a_hot_key_in_one_call(outbox):
+    conn = _app(outbox)
+    _add_items(outbox, conn, keys=1, per_key=50)
+    strict, loose = RecordingTransport(), RecordingTransport()
+    assert await OutboxRelay(outbox, strict, batch_size=100).drain() == 50
+    assert len(strict.calls) == 50  # one wave per message of the hot key
+    with conn:
+        conn.execute("UPDATE sagaflow_outbox SET state = 0")
+    relay = OutboxRelay(outbox, loose, batch_size=100, strict_order=False)
+    assert await relay.drain() == 50
+    assert len(loose.calls) == 1
+    by_key = numbers_by_key(loose.published, JsonSerializer(registry).decode)
+    assert by_key == {"k0": list(range(50))}
+
+
+async def test_strict_order_off_still_holds_back_a_key_after_a_failure(outbox):
+    conn = _app(outbox)
+    _add_items(outbox, conn, keys=2, per_key=4)
+    transport = RecordingTransport()
+    clock = _Clock()
+    original = transport.publish
+
+    async def refuse_k0_2(messages):
+        if any(m.key == "k0" and b'"n":2' in m.body for m in messages):
+            raise RuntimeError("refused")
+        await original(messages)
+
+    transport.publish = refuse_k0_2
+    relay = OutboxRelay(outbox, transport, clock=clock, retry=_SLOW_RETRY, strict_order=False)
+    await relay.drain()
+    by_key = numbers_by_key(transport.published, JsonSerializer(registry).decode)
+    assert by_key == {"k0": [0, 1], "k1": [0, 1, 2, 3]}
+    assert relay.stats.released == 1  # k0's row 3 waits behind row 2
+    transport.publish = original
+    clock.advance(60)
+    await relay.drain()
+    by_key = numbers_by_key(transport.published, JsonSerializer(registry).decode)
+    assert by_key["k0"] == [0, 1, 2, 3]
