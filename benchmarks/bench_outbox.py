@@ -8,11 +8,13 @@ same batches — ``SELECT ... ORDER BY seq LIMIT B`` then ``UPDATE ... SET state
 sent`` per batch, one transaction each (sqlite3 in WAL mode with the same
 ``synchronous``; psycopg autocommit) — with, for Redis, the batch sent as one
 raw redis-py ``XADD`` pipeline in between. The rows are reset to unsent before
-every run; figures are medians of several runs.
+every run; figures are medians of several runs. ``--loose`` adds rows for
+``OutboxRelay(strict_order=False)`` (one publish call per batch instead of one
+per wave).
 
 Run:
     .venv/bin/python benchmarks/bench_outbox.py                      # SQLite + PostgreSQL
-    .venv/bin/python benchmarks/bench_outbox.py --only sqlite --runs 5 --rows 50000
+    .venv/bin/python benchmarks/bench_outbox.py --only sqlite --runs 5 --rows 50000 --loose
     .venv/bin/python benchmarks/bench_outbox.py --postgres postgresql://postgres@127.0.0.1:5432/test
 """
 
@@ -129,8 +131,8 @@ def _sqlite_reset(path: Path) -> None:
     conn.close()
 
 
-async def _relay_run(outbox: Any, transport: Transport, batch: int) -> float:
-    relay = OutboxRelay(outbox, transport, batch_size=batch, retention=None)
+async def _relay_run(outbox: Any, transport: Transport, batch: int, strict: bool) -> float:
+    relay = OutboxRelay(outbox, transport, batch_size=batch, retention=None, strict_order=strict)
     started = time.perf_counter()
     published = await relay.drain(timeout=600)
     return published / (time.perf_counter() - started)
@@ -194,7 +196,7 @@ async def _medians(
 
 
 def _row(db: str, transport: str, relay: float, raw: float) -> None:
-    print(f"{db:<11} {transport:<8} {relay:>12,.0f} {raw:>12,.0f} {relay / raw:>8.2f}")
+    print(f"{db:<11} {transport:<13} {relay:>12,.0f} {raw:>12,.0f} {relay / raw:>8.2f}")
 
 
 async def _transports(args: argparse.Namespace) -> list[tuple[str, Transport, Sink, Any]]:
@@ -241,11 +243,13 @@ async def _bench_sqlite(args: argparse.Namespace, transports: list[Any]) -> None
             async def raw(s: Sink = sink) -> float:
                 return await _sqlite_raw_run(path, args.batch, s)
 
-            async def relay(t: Transport = transport) -> float:
-                return await _relay_run(outbox, t, args.batch)
+            for strict in (True, False) if args.loose else (True,):
 
-            raw_rate, relay_rate = await _medians(args.runs, reset, raw, relay)
-            _row("sqlite", name, relay_rate, raw_rate)
+                async def relay(t: Transport = transport, strict: bool = strict) -> float:
+                    return await _relay_run(outbox, t, args.batch, strict)
+
+                raw_rate, relay_rate = await _medians(args.runs, reset, raw, relay)
+                _row("sqlite", name + ("" if strict else "/loose"), relay_rate, raw_rate)
         await outbox.close()
 
 
@@ -271,11 +275,13 @@ async def _bench_postgres(args: argparse.Namespace, transports: list[Any]) -> No
             async def raw(s: Sink = sink) -> float:
                 return await _pg_raw_run(args.postgres, schema, args.batch, s)
 
-            async def relay(t: Transport = transport) -> float:
-                return await _relay_run(outbox, t, args.batch)
+            for strict in (True, False) if args.loose else (True,):
 
-            raw_rate, relay_rate = await _medians(args.runs, reset, raw, relay)
-            _row("postgresql", name, relay_rate, raw_rate)
+                async def relay(t: Transport = transport, strict: bool = strict) -> float:
+                    return await _relay_run(outbox, t, args.batch, strict)
+
+                raw_rate, relay_rate = await _medians(args.runs, reset, raw, relay)
+                _row("postgresql", name + ("" if strict else "/loose"), relay_rate, raw_rate)
     finally:
         await outbox.close()
         async with await psycopg.AsyncConnection.connect(args.postgres, autocommit=True) as conn:
@@ -288,6 +294,9 @@ async def main() -> None:
     parser.add_argument("--keys", type=int, default=100, help="distinct partition keys")
     parser.add_argument("--batch", type=int, default=500, help="rows per claim / raw batch")
     parser.add_argument("--runs", type=int, default=3, help="timed runs per figure (median)")
+    parser.add_argument(
+        "--loose", action="store_true", help="also measure OutboxRelay(strict_order=False)"
+    )
     parser.add_argument("--only", choices=["sqlite", "postgres"], help="one database only")
     parser.add_argument("--postgres", default="postgresql://postgres@127.0.0.1:5432/test")
     parser.add_argument("--redis", default="redis://127.0.0.1:6379/0", help="'' to skip Redis")
@@ -296,7 +305,7 @@ async def main() -> None:
         f"{args.rows} rows over {args.keys} keys, batches of {args.batch};"
         f" median of {args.runs} runs; rows/s"
     )
-    print(f"{'database':<11} {'sink':<8} {'relay':>12} {'raw':>12} {'ratio':>8}")
+    print(f"{'database':<11} {'sink':<13} {'relay':>12} {'raw':>12} {'ratio':>8}")
     transports = await _transports(args)
     try:
         if args.only in (None, "sqlite"):

@@ -336,24 +336,38 @@ class _Sql:
                 last_error TEXT
             )""",
             f"CREATE INDEX IF NOT EXISTS {t}_pending ON {t} (seq) WHERE state = {PENDING}",
-            f"CREATE INDEX IF NOT EXISTS {t}_key ON {t} (msg_key, seq) WHERE state = {PENDING}",
+            # Rows in flight and rows waiting for a retry: few, found at once.
+            f"CREATE INDEX IF NOT EXISTS {t}_leased ON {t} (lease_expires)"
+            f" WHERE state = {PENDING} AND lease_expires IS NOT NULL",
+            f"CREATE INDEX IF NOT EXISTS {t}_waiting ON {t} (available_at)"
+            f" WHERE state = {PENDING} AND available_at > 0",
             f"CREATE INDEX IF NOT EXISTS {t}_sent ON {t} (sent_at) WHERE state = {SENT}",
         )
         self.insert = (
             f"INSERT INTO {t} (msg_id, topic, msg_key, body, headers, created_at)"
             " VALUES (?, ?, ?, ?, ?, ?)"
         )
-        # A row is claimable when free and when no earlier pending row of its key
-        # is held (leased by a live relay, or waiting for a retry).
-        self.claim = f"""UPDATE {t} SET lease_owner = :owner, lease_expires = :expires
+        # `held`: per key, the first row that is leased by a live relay or waits
+        # for a retry (both found through small partial indexes). Rows of a key
+        # from that one on must wait; the others are claimed in seq order.
+        # (A NOT EXISTS probe per row would be quadratic in a hot key's backlog.)
+        self.claim = f"""WITH held AS (
+                SELECT msg_key, min(seq) AS from_seq FROM (
+                    SELECT msg_key, seq FROM {t} WHERE state = {PENDING}
+                      AND lease_expires IS NOT NULL AND lease_expires > :now
+                    UNION ALL
+                    SELECT msg_key, seq FROM {t} WHERE state = {PENDING}
+                      AND available_at > 0 AND available_at > :now
+                ) WHERE msg_key IS NOT NULL
+                GROUP BY msg_key
+            )
+            UPDATE {t} SET lease_owner = :owner, lease_expires = :expires
             WHERE seq IN (
                 SELECT o.seq FROM {t} o
+                LEFT JOIN held h ON h.msg_key = o.msg_key
                 WHERE o.state = {PENDING} AND o.available_at <= :now
                   AND (o.lease_expires IS NULL OR o.lease_expires <= :now)
-                  AND (o.msg_key IS NULL OR NOT EXISTS (
-                      SELECT 1 FROM {t} p
-                      WHERE p.state = {PENDING} AND p.msg_key = o.msg_key AND p.seq < o.seq
-                        AND (p.available_at > :now OR p.lease_expires > :now)))
+                  AND (h.from_seq IS NULL OR o.seq < h.from_seq)
                 ORDER BY o.seq LIMIT :limit)
             RETURNING seq, msg_id, topic, msg_key, body, headers, attempts"""
         in_seqs = "seq IN (SELECT value FROM json_each(:seqs))"
