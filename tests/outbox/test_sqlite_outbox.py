@@ -423,3 +423,22 @@ async def test_strict_order_off_still_holds_back_a_key_after_a_failure(outbox):
     await relay.drain()
     by_key = numbers_by_key(transport.published, JsonSerializer(registry).decode)
     assert by_key["k0"] == [0, 1, 2, 3]
+
+
+async def test_a_failing_wake_up_hint_makes_the_relay_poll_not_spin(outbox):
+    claims = 0
+    real_claim = outbox.claim
+
+    async def counting_claim(**options):
+        nonlocal claims
+        claims += 1
+        return await real_claim(**options)
+
+    async def broken_wait(seconds):
+        raise sqlite3.OperationalError("database is locked")
+
+    outbox.claim = counting_claim
+    outbox.wait_for_work = broken_wait
+    async with OutboxRelay(outbox, RecordingTransport(), poll_interval=0.1):
+        await asyncio.sleep(0.35)
+    assert 2 <= claims <= 6

@@ -120,7 +120,7 @@ class PgAccess:
             StoreError: The database failed (`StoreUnavailableError` when unreachable).
         """
         if self.closed:
-            raise StoreError("closed")
+            raise StoreError(f"{self.pool.name}: closed")
         try:
             await self.ensure_ready()
             async with self.pool.connection() as conn:

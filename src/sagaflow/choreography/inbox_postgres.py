@@ -21,7 +21,6 @@ group-committed: one statement for many marks.
 
 from __future__ import annotations
 
-import asyncio
 from typing import TYPE_CHECKING, Any, Final
 
 from sagaflow.choreography._outbox_common import event_id_or_current
@@ -197,7 +196,6 @@ class PostgresInbox:
     async def close(self) -> None:
         """Wait for pending marks, then close the pool if it was opened here; idempotent."""
         await self._batcher.wait_idle()
-        await asyncio.sleep(0)
         await self._db.close()
 
 

@@ -413,6 +413,11 @@ class OutboxRelay:
             for task in (wait, stop):
                 task.cancel()
             await asyncio.gather(wait, stop, return_exceptions=True)
+        if wait.done() and not wait.cancelled() and wait.exception() is not None:
+            # The wake-up hint failed (the database is busy or away): poll instead
+            # of spinning; the next claim reports the trouble if it persists.
+            logger.debug("outbox wake-up failed: %r", wait.exception())
+            await self._pause(self.poll_interval)
 
     async def _pause(self, seconds: float) -> None:
         with contextlib.suppress(TimeoutError):
