@@ -236,4 +236,4 @@ async def test_journaling_records_publish_handle_retry_and_dead_letter():
 
 
 def vars_of(e: JournalEntry) -> list[object]:
-    return [getattr(e, name) for name in e.__dataclass_fields__ if name != "attempt"]
+    return [getattr(e, name) for name in e._fields if name != "attempt"]

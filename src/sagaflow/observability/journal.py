@@ -25,8 +25,7 @@ import enum
 import logging
 from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass, fields
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, NamedTuple, Protocol, runtime_checkable
 from urllib.parse import unquote
 
 from sagaflow.errors import ConfigurationError
@@ -75,9 +74,10 @@ class EntryKind(enum.StrEnum):
     """An attempt of a compensation failed; ``outcome`` is ``retry`` or ``final``."""
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class JournalEntry:
+class JournalEntry(NamedTuple):
     """One thing that happened in a flow. Immutable; no payload.
+
+    A named tuple (cheap to build on the hot path); build it with keywords.
 
     Attributes:
         correlation_id: The flow (the saga id for sagas).
@@ -141,7 +141,7 @@ class JournalEntry:
         return cls(**values)
 
 
-COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(JournalEntry))
+COLUMNS: tuple[str, ...] = JournalEntry._fields
 """Column names of the SQL journals, in `JournalEntry.to_row` order."""
 
 
@@ -275,11 +275,15 @@ class JournalWriter:
         self._task = loop.create_task(self._run(), name="sagaflow-journal-writer")
 
     async def _run(self) -> None:
-        assert self._wake is not None
-        while True:
+        wake = self._wake
+        assert wake is not None
+        # Ends when close() sets _closed (no task cancellation: a cancel landing
+        # while wait_for completes can be swallowed, and a batch half-written
+        # would be lost).
+        while not self._closed:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.interval)
-            self._wake.clear()
+                await asyncio.wait_for(wake.wait(), self.interval)
+            wake.clear()
             await self._write_all()
 
     async def _write_all(self) -> None:
@@ -313,15 +317,16 @@ class JournalWriter:
     async def close(self) -> None:
         """Write what is waiting, stop the background task; idempotent.
 
-        Does not close the journal (its owner does).
+        Entries added after this are dropped. Does not close the journal (its
+        owner does).
         """
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
-        await self._write_all()
         self._closed = True
+        task, self._task = self._task, None
+        if task is not None and self._wake is not None:
+            self._wake.set()
+            with contextlib.suppress(Exception):
+                await task
+        await self._write_all()
 
 
 def open_journal(url: str) -> FlowJournal:

@@ -211,6 +211,10 @@ class FlowTrace:
         for node in self.events.values():
             source = node.publisher
             for handling in node.handlings:
+                lost = unrecorded_deliveries(node, handling)
+                if lost:
+                    text = f"{lost} delivery(ies) of {node.event_type} lost: crash?"
+                    items.append(SequenceItem(handling.at, actor(handling), None, text, True))
                 items.append(_delivery(node, source, handling))
             for letter in node.dead_letters:
                 reason = letter.error_type or "gave up"
@@ -237,6 +241,18 @@ class FlowTrace:
             if item.target is not None:
                 names.setdefault(item.target)
         return list(names)
+
+
+def unrecorded_deliveries(node: EventNode, handling: JournalEntry) -> int:
+    """Earlier deliveries of ``node`` to ``handling``'s group that left no entry.
+
+    A delivery count above the recorded handlings means a consumer took the
+    event and never finished: its process died, or its lease ran out.
+    """
+    earlier = sum(
+        1 for h in node.handlings if h.group == handling.group and h.attempt < handling.attempt
+    )
+    return max(0, handling.attempt - 1 - earlier)
 
 
 def _delivery(node: EventNode, source: str, handling: JournalEntry) -> SequenceItem:
@@ -383,6 +399,9 @@ def _handling_text(trace: FlowTrace, handling: JournalEntry, node: EventNode) ->
     )
     if handling.failed:
         text += f" {handling.error_type}: {handling.error_message}"
+    lost = unrecorded_deliveries(node, handling)
+    if lost:
+        text += f" [{lost} earlier delivery(ies) unrecorded: the consumer died or timed out]"
     return text
 
 
