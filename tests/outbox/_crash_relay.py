@@ -19,6 +19,7 @@ from sagaflow.choreography.outbox import OutboxRelay
 from sagaflow.transports.base import Message, TransportFeatures
 
 LEASE = 1.0
+BATCH = 12
 
 
 class FileTransport:
@@ -31,13 +32,17 @@ class FileTransport:
         max_payload=1 << 20,
     )
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, by: str) -> None:
         self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        self._by = by
 
     async def publish(self, messages: Sequence[Message]) -> None:
-        await asyncio.sleep(0.02)  # a slow broker: the batch is mostly in flight
-        lines = "".join(json.dumps(to_json(m)) + "\n" for m in messages)
+        # A slow broker: the batch is mostly in flight, and the confirmation
+        # reaches the relay a while after the broker stored the messages.
+        await asyncio.sleep(0.01)
+        lines = "".join(json.dumps({**to_json(m), "by": self._by}) + "\n" for m in messages)
         os.write(self._fd, lines.encode())
+        await asyncio.sleep(0.01)
 
     def subscribe(self, topic, *, group):  # pragma: no cover - publish only
         raise NotImplementedError
@@ -77,7 +82,14 @@ async def main(argv: list[str]) -> None:
 
         outbox = PostgresOutbox(argv[1], schema=argv[2])
         out = argv[3]
-    relay = OutboxRelay(outbox, FileTransport(out), batch_size=60, lease=LEASE, owner="doomed")
+    relay = OutboxRelay(
+        outbox,
+        FileTransport(out, "doomed"),
+        batch_size=BATCH,
+        lease=LEASE,
+        poll_interval=0.05,
+        owner="doomed",
+    )
     await relay.run()
 
 

@@ -20,10 +20,9 @@ from sagaflow.choreography.outbox import OutboxRelay
 from sagaflow.choreography.outbox_sqlite import SQLiteOutbox
 from sagaflow.serialization import JsonSerializer
 
-from ._crash_relay import LEASE, from_json
+from ._crash_relay import BATCH, LEASE, FileTransport, from_json
 from ._support import (
     ItemAdded,
-    RecordingTransport,
     assert_ordered,
     drop_schema,
     new_schema,
@@ -32,7 +31,9 @@ from ._support import (
 )
 
 SCRIPT = Path(__file__).with_name("_crash_relay.py")
-KEYS, PER_KEY = 6, 40
+# More keys than one batch holds: both relays find work at the same time.
+KEYS, PER_KEY = 24, 15
+_LEASED = "SELECT count(*) FROM {table} WHERE state = 0 AND lease_owner = 'doomed'"
 
 
 def _published(out: Path) -> list:
@@ -43,32 +44,59 @@ def _published(out: Path) -> list:
     return [from_json(json.loads(line)) for line in complete if line]
 
 
-async def _kill_mid_batch(args: list[str], out: Path) -> None:
+def _last_by(out: Path) -> str | None:
+    lines = out.read_text().split("\n")[:-1]
+    return json.loads(lines[-1])["by"] if lines else None
+
+
+async def _kill_mid_batch(outbox, args: list[str], out: Path, leased_by_doomed) -> None:
+    """Run the doomed relay next to a surviving one; SIGKILL it mid-batch; finish.
+
+    Both relays append to ``out`` when the "broker" confirms, so the file is the
+    timeline of confirmed publishes across both processes.
+    """
     process = await asyncio.create_subprocess_exec(sys.executable, str(SCRIPT), *args)
+    survivor = OutboxRelay(
+        outbox,
+        FileTransport(str(out), "survivor"),
+        batch_size=BATCH,
+        lease=LEASE,
+        poll_interval=0.05,
+    )
     try:
         async with asyncio.timeout(20):
-            while len(_published(out)) < KEYS * PER_KEY // 3:
+            while not _published(out):  # the doomed relay is at work
                 assert process.returncode is None, "the relay process died by itself"
                 await asyncio.sleep(0.005)
-    finally:
+            await survivor.start()
+            # Kill right after the doomed relay's broker stored a wave: its
+            # confirmation is still on the way, its rows still leased.
+            while len(_published(out)) < KEYS * PER_KEY // 3 or _last_by(out) != "doomed":
+                assert process.returncode is None, "the relay process died by itself"
+                await asyncio.sleep(0.002)
         process.send_signal(signal.SIGKILL)
         await process.wait()
-    assert process.returncode == -signal.SIGKILL
-
-
-async def _finish_and_check(outbox, out: Path, leased_by_dead: int) -> None:
-    assert leased_by_dead > 0, "the relay was not killed in the middle of a batch"
-    before = _published(out)
-    assert len(before) < KEYS * PER_KEY
-    transport = RecordingTransport()
-    async with OutboxRelay(outbox, transport, lease=LEASE, poll_interval=0.05):
+        assert process.returncode == -signal.SIGKILL
+        assert await leased_by_doomed() > 0, "the relay was not killed in the middle of a batch"
+        assert len(_published(out)) < KEYS * PER_KEY
         async with asyncio.timeout(20):
             while await outbox.pending():
                 await asyncio.sleep(0.05)
-    everything = before + transport.published
+    finally:
+        if process.returncode is None:
+            process.send_signal(signal.SIGKILL)
+            await process.wait()
+        await survivor.stop()
+        await survivor.transport.close()
+
+
+async def _check(out: Path) -> None:
+    everything = _published(out)
+    # The wave stored just before the kill was never marked sent: published again.
+    assert len(everything) > KEYS * PER_KEY
     decode = JsonSerializer(registry).decode
     by_key = numbers_by_key(everything, decode)
-    assert sorted(by_key) == [f"k{k}" for k in range(KEYS)]
+    assert sorted(by_key) == sorted(f"k{k}" for k in range(KEYS))
     for sequence in by_key.values():
         assert_ordered(sequence, PER_KEY)
     # The copies are absorbed by a durable inbox: each event is handled once.
@@ -98,12 +126,13 @@ async def test_sqlite_relay_killed_mid_batch(tmp_path):
             for k in range(KEYS):
                 outbox.add(conn, ItemAdded(key=f"k{k}", n=n), key=f"k{k}")
     out = tmp_path / "published.jsonl"
-    await _kill_mid_batch(["sqlite", str(path), str(out)], out)
-    leased = conn.execute(
-        "SELECT count(*) FROM sagaflow_outbox WHERE state = 0 AND lease_owner = 'doomed'"
-    ).fetchone()[0]
-    await _finish_and_check(outbox, out, leased)
+
+    async def leased_by_doomed() -> int:
+        return conn.execute(_LEASED.format(table="sagaflow_outbox")).fetchone()[0]
+
+    await _kill_mid_batch(outbox, ["sqlite", str(path), str(out)], out, leased_by_doomed)
     await outbox.close()
+    await _check(out)
 
 
 @pytest.mark.services
@@ -122,13 +151,16 @@ async def test_postgres_relay_killed_mid_batch(tmp_path, postgres_url):
                     await outbox.add(conn, ItemAdded(key=f"k{k}", n=n), key=f"k{k}")
             await conn.commit()
             out = tmp_path / "published.jsonl"
-            await _kill_mid_batch(["postgres", postgres_url, schema, str(out)], out)
-            cursor = await conn.execute(
-                f"SELECT count(*) FROM {schema}.outbox WHERE state = 0 AND lease_owner = 'doomed'"
-            )
-            leased = (await cursor.fetchone())[0]
-            await conn.commit()
-        await _finish_and_check(outbox, out, leased)
+
+            async def leased_by_doomed() -> int:
+                cursor = await conn.execute(_LEASED.format(table=f"{schema}.outbox"))
+                found = (await cursor.fetchone())[0]
+                await conn.commit()
+                return int(found)
+
+            args = ["postgres", postgres_url, schema, str(out)]
+            await _kill_mid_batch(outbox, args, out, leased_by_doomed)
+        await _check(out)
     finally:
         await outbox.close()
         await drop_schema(postgres_url, schema)
