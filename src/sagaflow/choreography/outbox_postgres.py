@@ -20,14 +20,18 @@ Design:
   later one's rows are numbered after the earlier one's. Transactions of
   different keys do not wait for each other (a hash collision only makes two
   keys share a lock).
-* **Several relays.** A claim is one short transaction that first takes an
-  advisory lock (claims, not publishes, run one at a time) and then leases rows
-  with ``UPDATE ... WHERE seq IN (SELECT ... FOR UPDATE SKIP LOCKED)``. Under the
-  lock the claim sees every earlier claim, so two relays never hold rows of the
-  same key at once, and each key's rows are published in order.
+* **Several relays.** A claim is one short, pipelined transaction that first
+  takes an advisory lock (claims, not publishes, run one at a time), finds the
+  keys held by other relays (leased or waiting for a retry) through two small
+  partial indexes, and leases rows with ``SELECT ... FOR UPDATE SKIP LOCKED``.
+  Under the lock the claim sees every earlier claim, so two relays never hold
+  rows of the same key at once, and each key's rows are published in order.
 * **Wake-ups.** `add` sends ``NOTIFY`` (delivered at commit); relays ``LISTEN``
   and also poll every ``poll_interval`` seconds, since notifications are lost
   while nobody listens.
+* **Relay writes skip the WAL flush** (``synchronous_commit = off`` on the
+  outbox's own pool): a lease or sent mark lost in a database crash only
+  publishes those messages again.
 """
 
 from __future__ import annotations
