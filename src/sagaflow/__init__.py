@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING, Any
 from sagaflow import errors
 from sagaflow._version import __version__
 from sagaflow.choreography import DeadLetter, EventBus, Middleware, current_envelope
+from sagaflow.choreography.inbox_sqlite import SQLiteInbox
+from sagaflow.choreography.outbox import OutboxRelay
 from sagaflow.clock import Clock, SystemClock
 from sagaflow.envelope import Envelope
 from sagaflow.events import Event, EventRegistry
@@ -40,6 +42,9 @@ from sagaflow.stores import MemorySagaStore, open_store
 from sagaflow.transports.memory import MemoryTransport
 
 if TYPE_CHECKING:
+    from sagaflow.choreography.inbox_postgres import PostgresInbox
+    from sagaflow.choreography.outbox_postgres import PostgresOutbox
+    from sagaflow.choreography.outbox_sqlite import SQLiteOutbox
     from sagaflow.stores.postgres import PostgresSagaStore
     from sagaflow.stores.sqlite import SQLiteSagaStore
 
@@ -57,12 +62,17 @@ __all__ = [
     "MemoryTransport",
     "Middleware",
     "Orchestrator",
+    "OutboxRelay",
     "Parallel",
+    "PostgresInbox",
+    "PostgresOutbox",
     "PostgresSagaStore",
     "RecordKind",
     "RecoveryReport",
     "RemoteSteps",
     "RetryPolicy",
+    "SQLiteInbox",
+    "SQLiteOutbox",
     "SQLiteSagaStore",
     "Saga",
     "SagaHooks",
@@ -84,10 +94,22 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    """Load the durable stores (and their drivers) on first use."""
-    if name in ("SQLiteSagaStore", "PostgresSagaStore"):
-        import sagaflow.stores
+_LAZY = {
+    "SQLiteSagaStore": "sagaflow.stores.sqlite",
+    "PostgresSagaStore": "sagaflow.stores.postgres",
+    "SQLiteOutbox": "sagaflow.choreography.outbox_sqlite",
+    "PostgresOutbox": "sagaflow.choreography.outbox_postgres",
+    "PostgresInbox": "sagaflow.choreography.inbox_postgres",
+}
 
-        return getattr(sagaflow.stores, name)
-    raise AttributeError(f"module 'sagaflow' has no attribute {name!r}")
+
+def __getattr__(name: str) -> Any:
+    """Load the durable stores, outboxes and inboxes (and their drivers) on first use."""
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'sagaflow' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
