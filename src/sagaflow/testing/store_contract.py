@@ -26,7 +26,6 @@ import asyncio
 import datetime
 import uuid
 from collections.abc import AsyncIterator
-from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -60,35 +59,11 @@ from sagaflow.orchestration.records import (
 )
 from sagaflow.orchestration.store import SagaStore
 from sagaflow.stores._common import normalize_data, saga_name_of
+from sagaflow.testing.clock import FakeClock
 
 __all__ = ["SagaStoreContract"]
 
 _START = 1_700_000_000.0
-
-
-class _ManualClock:
-    """A clock that moves only when told to (`advance`); enough for lease tests."""
-
-    def __init__(self, start: float = _START) -> None:
-        self._now = start
-        self._monotonic = 0.0
-
-    def now(self) -> float:
-        return self._now
-
-    def monotonic(self) -> float:
-        return self._monotonic
-
-    async def sleep(self, seconds: float) -> None:
-        self.advance(seconds)
-        await asyncio.sleep(0)
-
-    def timeout(self, seconds: float | None) -> AbstractAsyncContextManager[object]:
-        return asyncio.timeout(seconds)
-
-    def advance(self, seconds: float) -> None:
-        self._now += seconds
-        self._monotonic += seconds
 
 
 def _started(name: str = "order", at: float = _START) -> SagaRecord:
@@ -135,12 +110,12 @@ class SagaStoreContract:
     # -- fixtures --------------------------------------------------------------------
 
     @pytest.fixture
-    def clock(self) -> _ManualClock:
+    def clock(self) -> FakeClock:
         """A manual clock, advanced by the tests."""
-        return _ManualClock()
+        return FakeClock(start=_START)
 
     @pytest_asyncio.fixture
-    async def store(self, clock: _ManualClock) -> AsyncIterator[SagaStore]:
+    async def store(self, clock: FakeClock) -> AsyncIterator[SagaStore]:
         """A fresh store on the manual clock, disposed of after the test."""
         store = await self.make_store(clock)
         try:
@@ -150,7 +125,7 @@ class SagaStoreContract:
 
     # -- create and load -------------------------------------------------------------
 
-    async def test_create_then_load(self, store: SagaStore, clock: _ManualClock) -> None:
+    async def test_create_then_load(self, store: SagaStore, clock: FakeClock) -> None:
         """Create then load."""
         claim = await store.create("s1", _first(), owner="w1", lease=10)
         assert claim == Claim("s1", 1, clock.now() + 10)
@@ -280,11 +255,11 @@ class SagaStoreContract:
     # -- fencing ---------------------------------------------------------------------
 
     async def test_stale_writer_is_fenced_after_another_claim(
-        self, store: SagaStore, clock: _ManualClock
+        self, store: SagaStore, clock: FakeClock
     ) -> None:
         """Stale writer is fenced after another claim."""
         await store.create("s1", _first(), owner="w1", lease=10)
-        clock.advance(11)
+        await clock.advance(11)
         (claim,) = await store.claim(owner="w2", lease=10, limit=5)
         assert claim.fencing_token == 2
         with pytest.raises(FencedError) as caught:
@@ -311,7 +286,7 @@ class SagaStoreContract:
     # -- claim -----------------------------------------------------------------------
 
     async def test_claim_takes_only_lapsed_unfinished_sagas(
-        self, store: SagaStore, clock: _ManualClock
+        self, store: SagaStore, clock: FakeClock
     ) -> None:
         """Claim takes only lapsed unfinished sagas."""
         await store.create("live", _first(), owner="w1", lease=100)
@@ -331,7 +306,7 @@ class SagaStoreContract:
             fencing_token=1,
         )
         assert await store.claim(owner="w2", lease=10, limit=10) == []
-        clock.advance(5)  # a lease lapses at its expiry time exactly
+        await clock.advance(5)  # a lease lapses at its expiry time exactly
         claims = await store.claim(owner="w2", lease=10, limit=10)
         assert [(c.saga_id, c.fencing_token) for c in claims] == [("lapsed", 2), ("undoing", 2)]
         assert all(c.lease_expires == clock.now() + 10 for c in claims)
@@ -340,7 +315,7 @@ class SagaStoreContract:
         assert await store.claim(owner="w3", lease=10, limit=10) == []
 
     async def test_claim_takes_oldest_update_first_up_to_limit(
-        self, store: SagaStore, clock: _ManualClock
+        self, store: SagaStore, clock: FakeClock
     ) -> None:
         """Claim takes oldest update first up to limit."""
         for saga_id in ["a", "b", "c", "d"]:
@@ -350,10 +325,10 @@ class SagaStoreContract:
             await store.append(
                 saga_id, [_step(RecordKind.STEP_COMPLETED)], expected_version=2, fencing_token=1
             )
-        clock.advance(2)
+        await clock.advance(2)
         first = await store.claim(owner="w2", lease=10, limit=3)
         assert [c.saga_id for c in first] == ["b", "d", "c"]
-        clock.advance(20)
+        await clock.advance(20)
         # Claims do not count as updates: the order stays by last append.
         again = await store.claim(owner="w3", lease=10, limit=10)
         assert [(c.saga_id, c.fencing_token) for c in again] == [
@@ -364,13 +339,13 @@ class SagaStoreContract:
         ]
 
     async def test_concurrent_claimers_never_share_a_saga(
-        self, store: SagaStore, clock: _ManualClock
+        self, store: SagaStore, clock: FakeClock
     ) -> None:
         """Concurrent claimers never share a saga."""
         ids = [f"s{i:02d}" for i in range(24)]
         for saga_id in ids:
             await store.create(saga_id, _first(), owner="w0", lease=1)
-        clock.advance(2)
+        await clock.advance(2)
         results = await asyncio.gather(
             *(store.claim(owner=f"w{i}", lease=30, limit=8) for i in range(1, 7))
         )
@@ -387,7 +362,7 @@ class SagaStoreContract:
     # -- acquire, renew, release -----------------------------------------------------
 
     async def test_acquire_respects_live_leases(
-        self, store: SagaStore, clock: _ManualClock
+        self, store: SagaStore, clock: FakeClock
     ) -> None:
         """Acquire respects live leases."""
         await store.create("s1", _first(), owner="w1", lease=10)
@@ -396,7 +371,7 @@ class SagaStoreContract:
         assert not isinstance(caught.value, FencedError)
         again = await store.acquire("s1", owner="w1", lease=10)
         assert again.fencing_token == 2
-        clock.advance(10)
+        await clock.advance(10)
         taken = await store.acquire("s1", owner="w2", lease=7)
         assert taken == Claim("s1", 3, clock.now() + 7)
         assert (await store.load("s1")).owner == "w2"
@@ -413,13 +388,13 @@ class SagaStoreContract:
         assert (await store.load("s1")).status is SagaStatus.FAILED
 
     async def test_renew_extends_only_current_leases_of_the_owner(
-        self, store: SagaStore, clock: _ManualClock
+        self, store: SagaStore, clock: FakeClock
     ) -> None:
         """Renew extends only current leases of the owner."""
         a = await store.create("a", _first(), owner="w1", lease=10)
         b = await store.create("b", _first(), owner="w1", lease=10)
         c = await store.create("c", _first(), owner="w2", lease=10)
-        clock.advance(11)
+        await clock.advance(11)
         b2 = await store.acquire("b", owner="w3", lease=10)
         renewed = await store.renew(owner="w1", claims=[a, b, c], lease=20)
         assert renewed == [Claim("a", 1, clock.now() + 20)]
@@ -428,7 +403,7 @@ class SagaStoreContract:
         assert await store.renew(owner="w1", claims=[Claim("zz", 1, 0.0)], lease=5) == []
 
     async def test_release_frees_the_saga_and_ignores_stale_tokens(
-        self, store: SagaStore, clock: _ManualClock
+        self, store: SagaStore, clock: FakeClock
     ) -> None:
         """Release frees the saga and ignores stale tokens."""
         await store.create("s1", _first(), owner="w1", lease=100)
@@ -616,7 +591,7 @@ class _StoreMachine(RuleBasedStateMachine):
         super().__init__()
         self.contract = contract
         self.runner = asyncio.Runner()
-        self.clock = _ManualClock()
+        self.clock = FakeClock(start=_START)
         self.store = self.runner.run(contract.make_store(self.clock))
         self.model: dict[str, _ModelSaga] = {}
         self.touch = 0
@@ -775,7 +750,7 @@ class _StoreMachine(RuleBasedStateMachine):
 
     @rule(seconds=st.sampled_from([0.5, 1.0, 2.5, 6.0]))
     def advance(self, seconds: float) -> None:
-        self.clock.advance(seconds)
+        self._run(self.clock.advance(seconds))
 
     @rule(status=st.none() | st.sampled_from(list(SagaStatus)), limit=st.integers(1, 5))
     def list_sagas(self, status: SagaStatus | None, limit: int) -> None:
