@@ -361,9 +361,7 @@ class SagaStoreContract:
 
     # -- acquire, renew, release -----------------------------------------------------
 
-    async def test_acquire_respects_live_leases(
-        self, store: SagaStore, clock: FakeClock
-    ) -> None:
+    async def test_acquire_respects_live_leases(self, store: SagaStore, clock: FakeClock) -> None:
         """Acquire respects live leases."""
         await store.create("s1", _first(), owner="w1", lease=10)
         with pytest.raises(ConcurrencyError) as caught:
