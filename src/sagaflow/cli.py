@@ -5,7 +5,7 @@
     sagaflow sagas retry  SAGA_ID --store URL          (try the failed compensation/step again)
     sagaflow sagas resume SAGA_ID --store URL          (same as retry)
     sagaflow sagas skip   SAGA_ID --reason TEXT --store URL
-    sagaflow trace CORRELATION_ID --journal URL [--format text|mermaid|html] [-o FILE]
+    sagaflow trace CORRELATION_ID --journal URL [--format text|mermaid|html|svg] [-o FILE]
     sagaflow flows stalled --journal URL --expect "A -> B within 5m [unless C,D]" ...
     sagaflow topology MODULE:ATTR [--format text|mermaid] [--entry TYPE ...] [--strict]
     sagaflow diagram MODULE:ATTR [--store URL --saga-id ID]   (a saga as a Mermaid flowchart)

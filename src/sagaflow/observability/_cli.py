@@ -55,7 +55,13 @@ def _add_trace(commands: Any) -> None:
     )
     sub.add_argument("correlation_id")
     _with_journal(sub)
-    sub.add_argument("--format", choices=("text", "mermaid", "html"), default="text")
+    sub.add_argument(
+        "--format",
+        choices=("text", "mermaid", "html", "svg"),
+        default="text",
+        help="text (default), Mermaid sequence diagram source, standalone HTML page, "
+        "or the page's SVG sequence diagram alone",
+    )
     sub.add_argument("-o", "--output", metavar="FILE", help="write to FILE instead of stdout")
     sub.set_defaults(handler=_journal_command(_trace))
 
@@ -175,6 +181,10 @@ async def _trace(journal: FlowJournal, args: argparse.Namespace) -> int:
         from sagaflow.observability.html import render_html
 
         text = render_html(trace)
+    elif args.format == "svg":
+        from sagaflow.observability.html import sequence_svg
+
+        text = sequence_svg(trace)
     else:
         from sagaflow.observability.trace import render_text
 

@@ -11,12 +11,14 @@ from html import escape
 
 from sagaflow.observability.trace import FlowTrace, SequenceItem, render_text
 
-__all__ = ["render_html"]
+__all__ = ["render_html", "sequence_svg"]
 
 _LANE = 170
 _ROW = 34
 _TOP = 56
+_MARGIN = 64  # room for the time labels left of the first lane
 _MAX_TEXT = 46
+_CHAR = 6.6  # average glyph width at 11-12 px, to size note boxes
 
 _CSS = """
 body{font:14px/1.45 system-ui,-apple-system,Segoe UI,sans-serif;margin:24px;color:#222}
@@ -38,12 +40,13 @@ def sequence_svg(trace: FlowTrace) -> str:
     """Draw `FlowTrace.sequence` as an SVG sequence diagram (lanes and arrows)."""
     actors = trace.actors()
     items = trace.sequence()
-    x = {name: _LANE // 2 + index * _LANE for index, name in enumerate(actors)}
-    width = max(len(actors), 1) * _LANE
+    x = {name: _MARGIN + _LANE // 2 + index * _LANE for index, name in enumerate(actors)}
+    width = _MARGIN + max(len(actors), 1) * _LANE + _LANE // 2
     height = _TOP + (len(items) + 1) * _ROW
     parts = [
         f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
         f'font-family="system-ui,sans-serif" font-size="12">',
+        f'<rect width="{width}" height="{height}" fill="#fff"/>',
         "<defs>"
         '<marker id="ok" viewBox="0 0 10 10" refX="10" refY="5" markerWidth="7" '
         'markerHeight="7" orient="auto"><path d="M0,0L10,5L0,10z" fill="#333"/></marker>'
@@ -73,10 +76,12 @@ def _svg_item(item: SequenceItem, x: dict[str, int], y: int, start: float) -> st
     sx = x[item.source]
     if item.target is None:
         fill = "#fdecee" if item.failed else "#fffbe6"
+        half = int(min(max(len(_clip(item.text)) * _CHAR + 16, 90), 2 * _LANE - 20) / 2)
+        left = max(sx - half, _MARGIN)  # keep wide notes clear of the time labels
         return (
-            f'{when}<rect x="{sx - 80}" y="{y - 11}" width="160" height="20" rx="3" fill="{fill}" '
-            f'stroke="{color}" stroke-width="0.6"/><text x="{sx}" y="{y + 3}" text-anchor="middle" '
-            f'fill="{color}" font-size="11">{text}</text>'
+            f'{when}<rect x="{left}" y="{y - 11}" width="{2 * half}" height="20" rx="3" '
+            f'fill="{fill}" stroke="{color}" stroke-width="0.6"/><text x="{left + half}" '
+            f'y="{y + 3}" text-anchor="middle" fill="{color}" font-size="11">{text}</text>'
         )
     tx = x[item.target]
     marker = "bad" if item.failed else "ok"

@@ -213,7 +213,7 @@ class FlowTrace:
             for handling in node.handlings:
                 lost = unrecorded_deliveries(node, handling)
                 if lost:
-                    text = f"{lost} delivery(ies) of {node.event_type} lost: crash?"
+                    text = f"{lost} earlier delivery lost (consumer crashed?)"
                     items.append(SequenceItem(handling.at, actor(handling), None, text, True))
                 items.append(_delivery(node, source, handling))
             for letter in node.dead_letters:
