@@ -28,7 +28,7 @@ CREATE TABLE IF NOT EXISTS {TABLE} (
     duration REAL, outcome TEXT, error_type TEXT, error_message TEXT, detail TEXT
 );
 CREATE INDEX IF NOT EXISTS {TABLE}_flow ON {TABLE} (correlation_id, at);
-CREATE INDEX IF NOT EXISTS {TABLE}_type ON {TABLE} (event_type, at);
+CREATE INDEX IF NOT EXISTS {TABLE}_type ON {TABLE} (event_type, at) WHERE kind = 'publish';
 """
 
 # "group" is an SQL keyword: the column is "grp".
