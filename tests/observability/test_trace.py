@@ -155,7 +155,9 @@ def test_unrecorded_deliveries_are_pointed_out():
     ]
     trace = FlowTrace.build(entries)
     assert "1 earlier delivery(ies) unrecorded" in render_text(trace)
-    assert "Note over a_payment: ✗ 1 earlier delivery lost (consumer crashed?)" in sequence_diagram(trace)
+    assert "Note over a_payment: ✗ 1 earlier delivery lost (consumer crashed?)" in sequence_diagram(
+        trace
+    )
 
 
 def test_empty_flow():
