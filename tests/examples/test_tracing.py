@@ -1,7 +1,7 @@
 """The example's failure scenarios, traced end to end with the journal and the CLI.
 
-In process for every scenario in both styles; across processes over Redis,
-each service process writing to one shared SQLite (or PostgreSQL) journal.
+In process for every scenario in both styles; across processes over Redis and
+PostgreSQL, each service process writing to one shared SQLite or PostgreSQL journal.
 """
 
 from __future__ import annotations
@@ -120,7 +120,7 @@ async def test_shipping_down_across_processes_over_redis(redis_url, tmp_path):
 
 
 @pytest.mark.timeout(600)
-async def test_crash_across_processes_into_a_postgres_journal(redis_url, postgres_url):
+async def test_crash_across_processes_over_postgres_into_a_postgres_journal(postgres_url):
     from sagaflow.observability.postgres import PostgresJournal
 
     order_ids: dict[str, str] = {}
@@ -128,7 +128,7 @@ async def test_crash_across_processes_into_a_postgres_journal(redis_url, postgre
     await run_flows(
         ("choreography",),
         Failures(crash=True),
-        redis_url,
+        postgres_url,
         journal=postgres_url,
         order_ids=order_ids,
     )
