@@ -7,6 +7,7 @@
     sagaflow sagas skip   SAGA_ID --reason TEXT --store URL
     sagaflow trace CORRELATION_ID --journal URL [--format text|mermaid|html|svg] [-o FILE]
     sagaflow flows stalled --journal URL --expect "A -> B within 5m [unless C,D]" ...
+    sagaflow flows prune --journal URL --older-than 7d
     sagaflow topology MODULE:ATTR [--format text|mermaid] [--entry TYPE ...] [--strict]
     sagaflow diagram MODULE:ATTR [--store URL --saga-id ID]   (a saga as a Mermaid flowchart)
 

@@ -137,6 +137,7 @@ async def test_crash_across_processes_over_postgres_into_a_postgres_journal(post
         trace = await load_trace(journal, order_ids["choreography"])
     finally:
         await journal.close()
+        await _forget(postgres_url, order_ids["choreography"])
     check_flow(
         trace, ["shop.order.placed.v1", "shop.inventory.reserved.v1", "shop.payment.captured.v1"]
     )
@@ -145,3 +146,11 @@ async def test_crash_across_processes_over_postgres_into_a_postgres_journal(post
     # The first delivery died with the payment process; the broker redelivered it.
     assert handled.attempt == 2 and handled.service == "payment"
     assert "earlier delivery(ies) unrecorded" in render_text(trace)
+
+
+async def _forget(url: str, flow: str) -> None:
+    """Remove this test's flow from the shared journal table."""
+    import psycopg
+
+    async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+        await conn.execute("DELETE FROM sagaflow_journal WHERE correlation_id = %s", (flow,))

@@ -155,3 +155,12 @@ def test_diagram_of_a_saga_with_its_state(capsys, tmp_path):
     assert "    class s_charge_payment failed" in out
     assert "    s_reserve_stock ==>|undo| u_reserve_stock" in out
     assert run(capsys, "diagram", target, "--store", url, "--saga-id", "nope")[0] == 1
+
+
+def test_flows_prune(capsys, journal_url):
+    code, out, _ = run(capsys, "flows", "prune", "--journal", journal_url, "--older-than", "1d")
+    assert (code, out) == (0, "deleted 0 journal entries older than 1d\n")
+    code, out, _ = run(capsys, "flows", "prune", "--journal", journal_url, "--older-than", "5m")
+    assert (code, out) == (0, "deleted 2 journal entries older than 5m\n")
+    assert run(capsys, "trace", "o1", "--journal", journal_url)[0] == 1
+    assert run(capsys, "flows", "prune", "--journal", journal_url, "--older-than", "soon")[0] == 2

@@ -65,6 +65,9 @@ async def exercise(journal: FlowJournal) -> None:
     found = await journal.published("t.a", since=0, until=10)
     assert [e.correlation_id for e in found] == ["f1", "f2"]
     assert await journal.published("t.a", since=1.2, until=10) == [found[1]]
+    assert await journal.prune(before=1.4) == 2
+    assert [e.event_id for e in await journal.read("f1")] == ["b"]
+    assert await journal.prune(before=1.4) == 0
     await journal.close()
     await journal.close()
 
@@ -132,6 +135,9 @@ class Broken:
 
     async def published(self, event_type, *, since, until, limit=10_000):
         return []
+
+    async def prune(self, *, before):
+        return 0
 
     async def close(self):
         pass

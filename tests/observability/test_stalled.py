@@ -9,7 +9,12 @@ import pytest
 from sagaflow.errors import ConfigurationError
 from sagaflow.examples.ecommerce.events import OrderPlaced, PaymentCaptured, PaymentFailed
 from sagaflow.observability import EntryKind, JournalEntry, MemoryJournal
-from sagaflow.observability.stalled import Expectation, StallWatcher, find_stalled
+from sagaflow.observability.stalled import (
+    Expectation,
+    StallWatcher,
+    find_stalled,
+    parse_duration,
+)
 
 PLACED, CAPTURED, FAILED = (
     "shop.order.placed.v1",
@@ -53,6 +58,7 @@ def test_parse():
     )
     assert Expectation.parse("a -> b within 250ms").within == 0.25
     assert str(Expectation.parse("a -> b within 2h")) == "a -> b within 7200s"
+    assert parse_duration("7d") == 604_800 and parse_duration(" 30 ") == 30
     for bad in ("a -> b", "a b within 5", "a -> b within -1"):
         with pytest.raises(ConfigurationError):
             Expectation.parse(bad)

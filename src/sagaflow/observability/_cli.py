@@ -88,6 +88,15 @@ def _add_flows(commands: Any) -> None:
         "--horizon", type=float, default=86_400.0, help="seconds to look back (default: a day)"
     )
     stalled.set_defaults(handler=_journal_command(_stalled))
+    prune = actions.add_parser(
+        "prune",
+        help="delete journal entries older than a duration",
+        description="Delete entries older than --older-than (e.g. 7d, 12h); the journal is "
+        "diagnostics: keep what you need to debug.",
+    )
+    _with_journal(prune)
+    prune.add_argument("--older-than", required=True, metavar="DURATION", help="e.g. 7d, 12h, 30m")
+    prune.set_defaults(handler=_journal_command(_prune))
 
 
 def _add_topology(commands: Any) -> None:
@@ -203,6 +212,16 @@ async def _stalled(journal: FlowJournal, args: argparse.Namespace) -> int:
     if not stalled:
         print("no stalled flows")
     return EXIT_REFUSED if stalled else EXIT_OK
+
+
+async def _prune(journal: FlowJournal, args: argparse.Namespace) -> int:
+    import time
+
+    from sagaflow.observability.stalled import parse_duration
+
+    removed = await journal.prune(before=time.time() - parse_duration(args.older_than))
+    print(f"deleted {removed} journal entries older than {args.older_than}")
+    return EXIT_OK
 
 
 def _load(target: str) -> Any:

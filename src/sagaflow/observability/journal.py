@@ -174,6 +174,15 @@ class FlowJournal(Protocol):
         """Return publish entries of ``event_type`` with ``since <= at < until``, oldest first."""
         ...
 
+    async def prune(self, *, before: float) -> int:
+        """Delete entries older than ``before`` (seconds since the epoch); return how many.
+
+        The journal is diagnostics, not a system of record: keep what you need
+        to debug (days, not years) and prune the rest periodically
+        (``sagaflow flows prune``).
+        """
+        ...
+
     async def close(self) -> None:
         """Release connections; idempotent."""
         ...
@@ -207,6 +216,18 @@ class MemoryJournal:
             and since <= entry.at < until
         ]
         return sorted(found, key=lambda e: e.at)[:limit]
+
+    async def prune(self, *, before: float) -> int:
+        """Delete entries older than ``before``; return how many."""
+        removed = 0
+        for cid in list(self._flows):
+            kept = [e for e in self._flows[cid] if e.at >= before]
+            removed += len(self._flows[cid]) - len(kept)
+            if kept:
+                self._flows[cid] = kept
+            else:
+                del self._flows[cid]
+        return removed
 
     async def close(self) -> None:
         """Nothing to release."""

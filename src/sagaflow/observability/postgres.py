@@ -34,6 +34,7 @@ CREATE TABLE IF NOT EXISTS {table} (
     duration DOUBLE PRECISION, outcome TEXT, error_type TEXT, error_message TEXT, detail TEXT
 );
 CREATE INDEX IF NOT EXISTS {table}_flow ON {table} (correlation_id, at);
+CREATE INDEX IF NOT EXISTS {table}_at ON {table} (at);
 CREATE INDEX IF NOT EXISTS {table}_type ON {table} (event_type, at) WHERE kind = 'publish';
 """
 
@@ -75,7 +76,9 @@ class PostgresJournal:
             conn = await self._connection()
             try:
                 cursor = await conn.execute(sql, params)
-                return list(await cursor.fetchall()) if fetch else []
+                if not fetch:
+                    return [cursor.rowcount]
+                return list(await cursor.fetchall())
             except psycopg.OperationalError:
                 # A lost connection: drop it so that the next call reconnects.
                 await conn.close()
@@ -106,6 +109,11 @@ class PostgresJournal:
         )
         rows = await self._run(sql, (event_type, since, until, limit), fetch=True)
         return [JournalEntry.from_row(row) for row in rows]
+
+    async def prune(self, *, before: float) -> int:
+        """Delete entries older than ``before``; return how many."""
+        result = await self._run(f"DELETE FROM {self.table} WHERE at < %s", (before,), fetch=False)
+        return int(result[0])
 
     async def close(self) -> None:
         """Close the connection; idempotent."""

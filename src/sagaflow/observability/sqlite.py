@@ -28,6 +28,7 @@ CREATE TABLE IF NOT EXISTS {TABLE} (
     duration REAL, outcome TEXT, error_type TEXT, error_message TEXT, detail TEXT
 );
 CREATE INDEX IF NOT EXISTS {TABLE}_flow ON {TABLE} (correlation_id, at);
+CREATE INDEX IF NOT EXISTS {TABLE}_at ON {TABLE} (at);
 CREATE INDEX IF NOT EXISTS {TABLE}_type ON {TABLE} (event_type, at) WHERE kind = 'publish';
 """
 
@@ -82,6 +83,11 @@ class SqliteJournal:
                 raise
             conn.execute("COMMIT")
 
+    def _prune(self, before: float) -> int:
+        with self._lock:
+            cursor = self._connection().execute(f"DELETE FROM {TABLE} WHERE at < ?", (before,))
+            return cursor.rowcount
+
     def _query(self, sql: str, params: tuple[object, ...]) -> list[JournalEntry]:
         with self._lock:
             rows = self._connection().execute(sql, params).fetchall()
@@ -101,6 +107,10 @@ class SqliteJournal:
     ) -> Sequence[JournalEntry]:
         """Return publish entries of ``event_type`` in ``[since, until)``, oldest first."""
         return await asyncio.to_thread(self._query, _PUBLISHED, (event_type, since, until, limit))
+
+    async def prune(self, *, before: float) -> int:
+        """Delete entries older than ``before``; return how many."""
+        return await asyncio.to_thread(self._prune, before)
 
     async def close(self) -> None:
         """Close the connection; idempotent."""

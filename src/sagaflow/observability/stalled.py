@@ -27,15 +27,28 @@ from sagaflow.errors import ConfigurationError
 from sagaflow.events import Event
 from sagaflow.observability.journal import EntryKind, FlowJournal
 
-__all__ = ["Expectation", "StallWatcher", "StalledFlow", "find_stalled"]
+__all__ = ["Expectation", "StallWatcher", "StalledFlow", "find_stalled", "parse_duration"]
 
 logger = logging.getLogger("sagaflow.observability")
 
-_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "": 1.0}
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86_400.0, "": 1.0}
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _SPEC = re.compile(
-    r"^\s*(?P<after>\S+)\s*->\s*(?P<expect>\S+)\s+within\s+(?P<n>\d+(?:\.\d+)?)(?P<unit>ms|s|m|h)?"
+    r"^\s*(?P<after>\S+)\s*->\s*(?P<expect>\S+)\s+within\s+(?P<n>\d+(?:\.\d+)?)(?P<unit>ms|s|m|h|d)?"
     r"(?:\s+unless\s+(?P<unless>\S+))?\s*$"
 )
+
+
+def parse_duration(text: str) -> float:
+    """Parse ``"250ms"``, ``"30"``, ``"5m"``, ``"2h"`` or ``"7d"`` into seconds.
+
+    Raises:
+        ConfigurationError: Not a duration.
+    """
+    match = _DURATION.match(text)
+    if match is None:
+        raise ConfigurationError(f"bad duration {text!r}: write e.g. 30s, 5m, 2h, 7d")
+    return float(match[1]) * _UNITS[match[2] or ""]
 
 
 def _wire(item: type[Event] | str) -> str:
@@ -80,7 +93,7 @@ class Expectation:
 
     @classmethod
     def parse(cls, spec: str) -> Expectation:
-        """Parse ``"A -> B within 5m [unless C,D]"`` (units: ms, s, m, h; default s).
+        """Parse ``"A -> B within 5m [unless C,D]"`` (units: ms, s, m, h, d; default s).
 
         Raises:
             ConfigurationError: The text does not have that shape.
