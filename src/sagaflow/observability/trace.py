@@ -318,8 +318,9 @@ def render_text(trace: FlowTrace) -> str:
     for index, root in enumerate(trace.roots):
         _tree(trace, root, "", index == len(trace.roots) - 1, lines)
     width = max(len(actor(e)) for e in trace.entries)
+    what = min(max(len(_what(e)) for e in trace.entries), 40)
     lines.extend(["", "timeline"])
-    lines.extend(_timeline_line(trace, e, width) for e in trace.entries)
+    lines.extend(_timeline_line(trace, e, width, what) for e in trace.entries)
     return "\n".join(lines)
 
 
@@ -405,14 +406,16 @@ def _handling_text(trace: FlowTrace, handling: JournalEntry, node: EventNode) ->
     return text
 
 
-def _timeline_line(trace: FlowTrace, entry: JournalEntry, width: int) -> str:
+def _what(entry: JournalEntry) -> str:
     if entry.kind in (EntryKind.SAGA_STARTED, EntryKind.SAGA_FINISHED):
-        what = f"saga {entry.detail}"
-    else:
-        what = entry.event_type or entry.step or entry.detail or ""
+        return f"saga {entry.detail}"
+    return entry.event_type or entry.step or entry.detail or ""
+
+
+def _timeline_line(trace: FlowTrace, entry: JournalEntry, width: int, what: int) -> str:
     return (
         f"  +{(entry.at - trace.start) * 1000:9.1f} ms  {actor(entry):<{width}}  "
-        f"{entry.kind.value:<20} {what:<28} {_detail(entry)}"
+        f"{entry.kind.value:<20} {_what(entry):<{what}}  {_detail(entry)}"
     ).rstrip()
 
 
