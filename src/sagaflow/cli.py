@@ -7,6 +7,7 @@
     sagaflow sagas skip   SAGA_ID --reason TEXT --store URL
     sagaflow trace CORRELATION_ID --journal URL [--format text|mermaid|html|svg] [-o FILE]
     sagaflow flows stalled --journal URL --expect "A -> B within 5m [unless C,D]" ...
+    sagaflow flows list --journal URL [--since 1h] [--failed]
     sagaflow flows prune --journal URL --older-than 7d
     sagaflow topology MODULE:ATTR [--format text|mermaid] [--entry TYPE ...] [--strict]
     sagaflow diagram MODULE:ATTR [--store URL --saga-id ID]   (a saga as a Mermaid flowchart)
@@ -66,7 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     """Build the argument parser (exposed for tests and docs)."""
     parser = argparse.ArgumentParser(
         prog="sagaflow",
-        description="Run the sagaflow demo and operate sagas in a saga store.",
+        description="Run the sagaflow demo, operate sagas in a saga store, and see flows.",
     )
     parser.add_argument("--version", action="version", version=f"sagaflow {__version__}")
     commands = parser.add_subparsers(title="commands", metavar="COMMAND")

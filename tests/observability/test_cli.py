@@ -157,6 +157,17 @@ def test_diagram_of_a_saga_with_its_state(capsys, tmp_path):
     assert run(capsys, "diagram", target, "--store", url, "--saga-id", "nope")[0] == 1
 
 
+def test_flows_list(capsys, journal_url):
+    code, out, _ = run(capsys, "flows", "list", "--journal", journal_url, "--since", "5m")
+    assert (code, out) == (0, "no flows\n")  # the flow is 10 minutes old
+    code, out, _ = run(
+        capsys, "flows", "list", "--journal", journal_url, "--since", "1d", "--failed"
+    )
+    lines = out.splitlines()
+    assert code == 0 and lines[0].startswith("CORRELATION ID")
+    assert lines[1].split()[0] == "o1" and lines[1].split()[-2:] == ["2", "1"]
+
+
 def test_flows_prune(capsys, journal_url):
     code, out, _ = run(capsys, "flows", "prune", "--journal", journal_url, "--older-than", "1d")
     assert (code, out) == (0, "deleted 0 journal entries older than 1d\n")

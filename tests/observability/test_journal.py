@@ -65,6 +65,14 @@ async def exercise(journal: FlowJournal) -> None:
     found = await journal.published("t.a", since=0, until=10)
     assert [e.correlation_id for e in found] == ["f1", "f2"]
     assert await journal.published("t.a", since=1.2, until=10) == [found[1]]
+    flows = await journal.flows(since=0)
+    assert [(f.correlation_id, f.first, f.last, f.entries, f.failures) for f in flows] == [
+        ("f1", 1.0, 2.0, 3, 1),
+        ("f2", 1.5, 1.5, 1, 0),
+    ]
+    assert [f.correlation_id for f in await journal.flows(since=0, failed_only=True)] == ["f1"]
+    assert [f.correlation_id for f in await journal.flows(since=0, limit=1)] == ["f1"]
+    assert await journal.flows(since=3) == []
     assert await journal.prune(before=1.4) == 2
     assert [e.event_id for e in await journal.read("f1")] == ["b"]
     assert await journal.prune(before=1.4) == 0
@@ -138,6 +146,9 @@ class Broken:
 
     async def prune(self, *, before):
         return 0
+
+    async def flows(self, *, since, failed_only=False, limit=100):
+        return []
 
     async def close(self):
         pass

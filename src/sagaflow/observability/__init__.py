@@ -18,6 +18,7 @@ from sagaflow.observability.html import render_html
 from sagaflow.observability.journal import (
     EntryKind,
     FlowJournal,
+    FlowSummary,
     JournalEntry,
     JournalWriter,
     MemoryJournal,
@@ -31,6 +32,7 @@ from sagaflow.observability.trace import FlowTrace, load_trace, render_text
 __all__ = [
     "EntryKind",
     "FlowJournal",
+    "FlowSummary",
     "FlowTrace",
     "JournalEntry",
     "JournalWriter",

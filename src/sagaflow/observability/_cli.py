@@ -88,6 +88,16 @@ def _add_flows(commands: Any) -> None:
         "--horizon", type=float, default=86_400.0, help="seconds to look back (default: a day)"
     )
     stalled.set_defaults(handler=_journal_command(_stalled))
+    listing = actions.add_parser(
+        "list",
+        help="list recent flows, most recent first",
+        description="List the flows with journal entries in the last --since (default 1h).",
+    )
+    _with_journal(listing)
+    listing.add_argument("--since", default="1h", metavar="DURATION", help="e.g. 15m, 2h, 7d")
+    listing.add_argument("--failed", action="store_true", help="only flows with a failure")
+    listing.add_argument("--limit", type=int, default=50)
+    listing.set_defaults(handler=_journal_command(_list_flows))
     prune = actions.add_parser(
         "prune",
         help="delete journal entries older than a duration",
@@ -212,6 +222,24 @@ async def _stalled(journal: FlowJournal, args: argparse.Namespace) -> int:
     if not stalled:
         print("no stalled flows")
     return EXIT_REFUSED if stalled else EXIT_OK
+
+
+async def _list_flows(journal: FlowJournal, args: argparse.Namespace) -> int:
+    import time
+    from datetime import UTC, datetime
+
+    from sagaflow.observability.stalled import parse_duration
+
+    since = time.time() - parse_duration(args.since)
+    flows = await journal.flows(since=since, failed_only=args.failed, limit=args.limit)
+    if not flows:
+        print("no flows")
+        return EXIT_OK
+    print(f"{'CORRELATION ID':<38} {'LAST ENTRY (UTC)':<24} {'ENTRIES':>7} {'FAILURES':>8}")
+    for flow in flows:
+        last = datetime.fromtimestamp(flow.last, UTC).isoformat(timespec="milliseconds")
+        print(f"{flow.correlation_id:<38} {last[:23]:<24} {flow.entries:>7} {flow.failures:>8}")
+    return EXIT_OK
 
 
 async def _prune(journal: FlowJournal, args: argparse.Namespace) -> int:

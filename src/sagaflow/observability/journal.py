@@ -33,6 +33,7 @@ from sagaflow.errors import ConfigurationError
 __all__ = [
     "EntryKind",
     "FlowJournal",
+    "FlowSummary",
     "JournalEntry",
     "JournalWriter",
     "MemoryJournal",
@@ -153,6 +154,25 @@ def error_fields(error: BaseException) -> dict[str, str]:
     }
 
 
+class FlowSummary(NamedTuple):
+    """One flow in a listing (see `FlowJournal.flows`).
+
+    Attributes:
+        correlation_id: The flow.
+        first: Time of its first entry.
+        last: Time of its last entry.
+        entries: How many entries it has.
+        failures: How many of them record an error (failed handlings, steps,
+            compensations, dead letters).
+    """
+
+    correlation_id: str
+    first: float
+    last: float
+    entries: int
+    failures: int
+
+
 @runtime_checkable
 class FlowJournal(Protocol):
     """Where journal entries are kept. Task-safe; several processes may share one.
@@ -172,6 +192,18 @@ class FlowJournal(Protocol):
         self, event_type: str, *, since: float, until: float, limit: int = 10_000
     ) -> Sequence[JournalEntry]:
         """Return publish entries of ``event_type`` with ``since <= at < until``, oldest first."""
+        ...
+
+    async def flows(
+        self, *, since: float, failed_only: bool = False, limit: int = 100
+    ) -> Sequence[FlowSummary]:
+        """Return flows with entries at or after ``since``, most recent first.
+
+        Args:
+            since: Seconds since the epoch.
+            failed_only: Only flows with at least one failure.
+            limit: At most this many.
+        """
         ...
 
     async def prune(self, *, before: float) -> int:
@@ -216,6 +248,23 @@ class MemoryJournal:
             and since <= entry.at < until
         ]
         return sorted(found, key=lambda e: e.at)[:limit]
+
+    async def flows(
+        self, *, since: float, failed_only: bool = False, limit: int = 100
+    ) -> Sequence[FlowSummary]:
+        """Return flows active since ``since``, most recent first."""
+        found = []
+        for cid, entries in self._flows.items():
+            recent = [e for e in entries if e.at >= since]
+            if not recent:
+                continue
+            failures = sum(1 for e in recent if e.error_type is not None)
+            if failed_only and not failures:
+                continue
+            times = [e.at for e in recent]
+            found.append(FlowSummary(cid, min(times), max(times), len(recent), failures))
+        found.sort(key=lambda f: f.last, reverse=True)
+        return found[:limit]
 
     async def prune(self, *, before: float) -> int:
         """Delete entries older than ``before``; return how many."""

@@ -14,7 +14,7 @@ from typing import Any
 
 from sagaflow._optional import require
 from sagaflow.errors import ConfigurationError
-from sagaflow.observability.journal import COLUMNS, JournalEntry
+from sagaflow.observability.journal import COLUMNS, FlowSummary, JournalEntry
 
 psycopg = require("psycopg", "postgres")
 
@@ -109,6 +109,20 @@ class PostgresJournal:
         )
         rows = await self._run(sql, (event_type, since, until, limit), fetch=True)
         return [JournalEntry.from_row(row) for row in rows]
+
+    async def flows(
+        self, *, since: float, failed_only: bool = False, limit: int = 100
+    ) -> Sequence[FlowSummary]:
+        """Return flows active since ``since``, most recent first."""
+        sql = (
+            f"SELECT correlation_id, MIN(at), MAX(at), COUNT(*), COUNT(error_type) "
+            f"FROM {self.table} WHERE at >= %s GROUP BY correlation_id "
+            "HAVING COUNT(error_type) >= %s ORDER BY MAX(at) DESC LIMIT %s"
+        )
+        rows = await self._run(sql, (since, 1 if failed_only else 0, limit), fetch=True)
+        return [
+            FlowSummary(cid, first, last, int(n), int(bad)) for cid, first, last, n, bad in rows
+        ]
 
     async def prune(self, *, before: float) -> int:
         """Delete entries older than ``before``; return how many."""

@@ -13,7 +13,7 @@ import sqlite3
 import threading
 from collections.abc import Sequence
 
-from sagaflow.observability.journal import COLUMNS, JournalEntry
+from sagaflow.observability.journal import COLUMNS, FlowSummary, JournalEntry
 
 __all__ = ["SqliteJournal"]
 
@@ -36,6 +36,11 @@ CREATE INDEX IF NOT EXISTS {TABLE}_type ON {TABLE} (event_type, at) WHERE kind =
 _SQL_COLUMNS = ", ".join("grp" if name == "group" else name for name in COLUMNS)
 _INSERT = f"INSERT INTO {TABLE} ({_SQL_COLUMNS}) VALUES ({', '.join('?' * len(COLUMNS))})"
 _READ = f"SELECT {_SQL_COLUMNS} FROM {TABLE} WHERE correlation_id = ? ORDER BY at, seq"
+_FLOWS = (
+    f"SELECT correlation_id, MIN(at), MAX(at), COUNT(*), COUNT(error_type) FROM {TABLE} "
+    "WHERE at >= ? GROUP BY correlation_id HAVING COUNT(error_type) >= ? "
+    "ORDER BY MAX(at) DESC LIMIT ?"
+)
 _PUBLISHED = (
     f"SELECT {_SQL_COLUMNS} FROM {TABLE} WHERE event_type = ? AND kind = 'publish' "
     "AND at >= ? AND at < ? ORDER BY at, seq LIMIT ?"
@@ -107,6 +112,17 @@ class SqliteJournal:
     ) -> Sequence[JournalEntry]:
         """Return publish entries of ``event_type`` in ``[since, until)``, oldest first."""
         return await asyncio.to_thread(self._query, _PUBLISHED, (event_type, since, until, limit))
+
+    def _flows(self, params: tuple[object, ...]) -> list[FlowSummary]:
+        with self._lock:
+            rows = self._connection().execute(_FLOWS, params).fetchall()
+        return [FlowSummary(*row) for row in rows]
+
+    async def flows(
+        self, *, since: float, failed_only: bool = False, limit: int = 100
+    ) -> Sequence[FlowSummary]:
+        """Return flows active since ``since``, most recent first."""
+        return await asyncio.to_thread(self._flows, (since, 1 if failed_only else 0, limit))
 
     async def prune(self, *, before: float) -> int:
         """Delete entries older than ``before``; return how many."""
