@@ -148,7 +148,7 @@ class _TracingHooks(SagaHooks):
     def __init__(self, tracer: Any) -> None:
         self.tracer = tracer
         self._sagas: dict[str, Any] = {}
-        self._steps: dict[tuple[str, str], tuple[Any, Any]] = {}
+        self._steps: dict[str, dict[str, tuple[Any, Any]]] = {}  # saga -> attempt -> (span, token)
 
     def saga_started(self, saga_id: str, saga_name: str) -> None:
         """Open the saga's span."""
@@ -159,6 +159,9 @@ class _TracingHooks(SagaHooks):
 
     def saga_finished(self, result: SagaResult[Any]) -> None:
         """Close the saga's span with its outcome."""
+        # Attempts cut short (a cancelled task) end with the saga.
+        for span, _ in self._steps.pop(result.saga_id, {}).values():
+            span.end()
         span = self._sagas.pop(result.saga_id, None)
         if span is None:
             return
@@ -178,10 +181,10 @@ class _TracingHooks(SagaHooks):
         # Hooks run in the task that runs the action: make the span current there
         # so that what the action publishes (remote steps' commands) joins the trace.
         token = context_api.attach(trace.set_span_in_context(span))
-        self._steps[(saga_id, key)] = (span, token)
+        self._steps.setdefault(saga_id, {})[key] = (span, token)
 
     def _close(self, saga_id: str, key: str, error: BaseException | None = None) -> None:
-        opened = self._steps.pop((saga_id, key), None)
+        opened = self._steps.get(saga_id, {}).pop(key, None)
         if opened is None:
             return
         span, token = opened

@@ -197,7 +197,9 @@ class _JournalHooks(SagaHooks):
 
     def __init__(self, owner: Journaling) -> None:
         self._owner = owner
-        self._started: dict[tuple[str, str], float] = {}
+        # Start times of running attempts, per saga (dropped when the saga ends,
+        # so a cancelled attempt does not leak).
+        self._started: dict[str, dict[str, float]] = {}
 
     def _add(self, saga_id: str, kind: EntryKind, **fields: Any) -> None:
         self._owner.writer.add(
@@ -210,8 +212,11 @@ class _JournalHooks(SagaHooks):
             )
         )
 
-    def _took(self, saga_id: str, step: str) -> float | None:
-        started = self._started.pop((saga_id, step), None)
+    def _begin(self, saga_id: str, key: str) -> None:
+        self._started.setdefault(saga_id, {})[key] = time.perf_counter()
+
+    def _took(self, saga_id: str, key: str) -> float | None:
+        started = self._started.get(saga_id, {}).pop(key, None)
         return None if started is None else time.perf_counter() - started
 
     def saga_started(self, saga_id: str, saga_name: str) -> None:
@@ -220,6 +225,7 @@ class _JournalHooks(SagaHooks):
 
     def saga_finished(self, result: SagaResult[Any]) -> None:
         """Record a saga's end and status."""
+        self._started.pop(result.saga_id, None)
         error = result.error or {}
         self._add(
             result.saga_id,
@@ -233,7 +239,7 @@ class _JournalHooks(SagaHooks):
 
     def step_started(self, saga_id: str, step: str, attempt: int) -> None:
         """Record an attempt's start; mark the task so its publishes name the step."""
-        self._started[(saga_id, step)] = time.perf_counter()
+        self._begin(saga_id, step)
         # Hooks run in the task that runs the action: its publishes see the step.
         _STEP.set(step)
         self._add(saga_id, EntryKind.STEP_STARTED, step=step, attempt=attempt)
@@ -261,7 +267,7 @@ class _JournalHooks(SagaHooks):
 
     def compensation_started(self, saga_id: str, step: str, attempt: int) -> None:
         """Record a compensation attempt's start."""
-        self._started[(saga_id, f"undo:{step}")] = time.perf_counter()
+        self._begin(saga_id, f"undo:{step}")
         _STEP.set(f"undo:{step}")
         self._add(saga_id, EntryKind.COMPENSATION_STARTED, step=step, attempt=attempt)
 
