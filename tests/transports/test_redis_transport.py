@@ -153,3 +153,23 @@ async def test_restarted_consumer_reads_its_own_pending_first(redis_url: str) ->
             await d.ack()
     finally:
         await t.close()
+
+
+async def test_reclaim_leaves_delayed_retries_alone(redis_url: str) -> None:
+    """XAUTOCLAIM passes neither deliver a delayed entry early nor inflate its attempt."""
+    options: dict[str, Any] = {"block": 0.05, "claim_min_idle": 0.2, "claim_interval": 0.1}
+    t = RedisStreamsTransport(redis_url, **options)
+    topic, group = sc.name("delay"), sc.name("g")
+    try:
+        await t.declare(topic, group=group)
+        it = t.subscribe(topic, group=group)
+        await t.publish([sc.msg(topic, 1)])
+        (d,) = await sc.take(it, 1)
+        started = asyncio.get_running_loop().time()
+        await d.nack(delay=1.5)
+        (again,) = await sc.take(it, 1)  # many reclaim passes run meanwhile
+        assert asyncio.get_running_loop().time() - started >= 1.2
+        assert again.attempt == 2
+        await again.ack()
+    finally:
+        await t.close()

@@ -563,6 +563,8 @@ class RedisStreamsTransport:
         return batch or await self._read_own_pending(sub)
 
     async def _autoclaim(self, sub: _Subscription) -> list[tuple[str, dict[bytes, bytes], int]]:
+        # JUSTID first: it does not bump the delivery counter, so entries waiting for
+        # a delayed retry (which we skip) keep an honest attempt count.
         response = await self._client.xautoclaim(
             sub.stream,
             sub.group,
@@ -570,9 +572,21 @@ class RedisStreamsTransport:
             self._claim_min_idle_ms,
             start_id="0-0",
             count=self._batch,
+            justid=True,
         )
-        found = {_s(i): f for i, f in response[1] if f is not None}
-        return await self._with_attempts(sub, list(found), found)
+        # redis-py returns just the ids for JUSTID (the raw reply nests them).
+        nested = len(response) >= 2 and isinstance(response[1], list | tuple)
+        ids = [_s(i) for i in (response[1] if nested else response)]
+        if not ids:
+            return []
+        scores = await self._client.zmscore(sub.delay_key, ids)
+        ready = [i for i, score in zip(ids, scores, strict=True) if score is None]
+        if not ready:
+            return []
+        # They are ours now (idle 0): XCLAIM again to count the delivery and read them.
+        claimed = await self._client.xclaim(sub.stream, sub.group, sub.consumer, 0, ready)
+        found = {_s(i): f for i, f in claimed if f is not None}
+        return await self._with_attempts(sub, list(found), found, skip_delayed=False)
 
     async def _claim_due_retries(
         self, sub: _Subscription
