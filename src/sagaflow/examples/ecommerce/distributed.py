@@ -138,12 +138,18 @@ async def _collect_state(
 async def _settled_state(
     bus: EventBus, answers: dict[str, dict[str, Any]], order_id: str
 ) -> dict[str, Any]:
-    """Ask until the notification of the outcome has arrived (choreography is eventual)."""
+    """Ask until the notification of the outcome has arrived (choreography is eventual).
+
+    Services answer one request at different moments, so one round may mix a
+    state from before an effect with one from after it. Every effect of the flow
+    happens before its final notification; a round *asked after* the notification
+    was seen therefore reflects them all.
+    """
     state: dict[str, Any] = {}
     for attempt in range(40):
         state = await _collect_state(bus, answers, f"{order_id}-{attempt}")
         if any(entry[0] == order_id for entry in state.get("notifications", [])):
-            return state
+            return await _collect_state(bus, answers, f"{order_id}-final")
         await asyncio.sleep(0.25)
     return state
 
