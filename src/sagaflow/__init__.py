@@ -17,6 +17,7 @@ from sagaflow.choreography.outbox import OutboxRelay
 from sagaflow.clock import Clock, SystemClock
 from sagaflow.envelope import Envelope
 from sagaflow.events import Event, EventRegistry
+from sagaflow.observability import FlowJournal, Journaling, MemoryJournal, Topology, open_journal
 from sagaflow.orchestration import (
     Claim,
     Orchestrator,
@@ -56,8 +57,11 @@ __all__ = [
     "Event",
     "EventBus",
     "EventRegistry",
+    "FlowJournal",
     "HmacSigner",
+    "Journaling",
     "JsonSerializer",
+    "MemoryJournal",
     "MemorySagaStore",
     "MemoryTransport",
     "Middleware",
@@ -86,10 +90,12 @@ __all__ = [
     "StepContext",
     "StepKind",
     "SystemClock",
+    "Topology",
     "__version__",
     "command_handler",
     "current_envelope",
     "errors",
+    "open_journal",
     "open_store",
 ]
 

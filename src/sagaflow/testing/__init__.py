@@ -46,6 +46,7 @@ __all__ = [
     "TransportContract",
     "assert_compensated_in_reverse",
     "assert_flow",
+    "check_flow",
     "assert_saga",
     "assert_topology",
     "envelopes",
@@ -69,6 +70,7 @@ _LAZY = {
     "SagaStoreContract": "sagaflow.testing.store_contract",
     "TransportContract": "sagaflow.testing.transport_contract",
     "assert_flow": "sagaflow.testing.flow",
+    "check_flow": "sagaflow.testing.flow",
     "assert_topology": "sagaflow.testing.topology",
 }
 
