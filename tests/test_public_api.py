@@ -22,14 +22,18 @@ EXPECTED = [
     "MemorySagaStore",
     "MemoryTransport",
     "Middleware",
+    "NatsJetStreamTransport",
     "Orchestrator",
     "OutboxRelay",
     "Parallel",
     "PostgresInbox",
     "PostgresOutbox",
     "PostgresSagaStore",
+    "PostgresTransport",
+    "RabbitMQTransport",
     "RecordKind",
     "RecoveryReport",
+    "RedisStreamsTransport",
     "RemoteSteps",
     "RetryPolicy",
     "SQLiteInbox",
@@ -54,6 +58,7 @@ EXPECTED = [
     "errors",
     "open_journal",
     "open_store",
+    "open_transport",
 ]
 
 

@@ -40,6 +40,7 @@ from sagaflow.orchestration.remote import RemoteSteps, command_handler
 from sagaflow.retry import RetryPolicy
 from sagaflow.serialization import HmacSigner, JsonSerializer
 from sagaflow.stores import MemorySagaStore, open_store
+from sagaflow.transports import open_transport
 from sagaflow.transports.memory import MemoryTransport
 
 if TYPE_CHECKING:
@@ -48,6 +49,10 @@ if TYPE_CHECKING:
     from sagaflow.choreography.outbox_sqlite import SQLiteOutbox
     from sagaflow.stores.postgres import PostgresSagaStore
     from sagaflow.stores.sqlite import SQLiteSagaStore
+    from sagaflow.transports.nats import NatsJetStreamTransport
+    from sagaflow.transports.postgres import PostgresTransport
+    from sagaflow.transports.rabbitmq import RabbitMQTransport
+    from sagaflow.transports.redis import RedisStreamsTransport
 
 __all__ = [
     "Claim",
@@ -65,14 +70,18 @@ __all__ = [
     "MemorySagaStore",
     "MemoryTransport",
     "Middleware",
+    "NatsJetStreamTransport",
     "Orchestrator",
     "OutboxRelay",
     "Parallel",
     "PostgresInbox",
     "PostgresOutbox",
     "PostgresSagaStore",
+    "PostgresTransport",
+    "RabbitMQTransport",
     "RecordKind",
     "RecoveryReport",
+    "RedisStreamsTransport",
     "RemoteSteps",
     "RetryPolicy",
     "SQLiteInbox",
@@ -97,6 +106,7 @@ __all__ = [
     "errors",
     "open_journal",
     "open_store",
+    "open_transport",
 ]
 
 
@@ -106,11 +116,15 @@ _LAZY = {
     "SQLiteOutbox": "sagaflow.choreography.outbox_sqlite",
     "PostgresOutbox": "sagaflow.choreography.outbox_postgres",
     "PostgresInbox": "sagaflow.choreography.inbox_postgres",
+    "RedisStreamsTransport": "sagaflow.transports.redis",
+    "NatsJetStreamTransport": "sagaflow.transports.nats",
+    "RabbitMQTransport": "sagaflow.transports.rabbitmq",
+    "PostgresTransport": "sagaflow.transports.postgres",
 }
 
 
 def __getattr__(name: str) -> Any:
-    """Load the durable stores, outboxes and inboxes (and their drivers) on first use."""
+    """Load durable stores, outboxes, inboxes and broker transports on first use."""
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'sagaflow' has no attribute {name!r}")
