@@ -329,7 +329,7 @@ def report(title: str, figures: dict[str, float | None]) -> None:
             print(f"  {name:<14} {'(not installed)':>12}")
             continue
         ratio = rate / limit if limit else 0
-        speedup = f"{ours / rate:.1f}x" if ours and name != "sagaflow" else ""
+        speedup = f"{ours / rate:.1f}x" if ours and name not in ("sagaflow", "hand-written") else ""
         print(f"  {name:<14} {rate:12,.0f} {ratio:15.3f}x {speedup:>12}")
 
 
