@@ -11,7 +11,7 @@ import logging
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import ClassVar, Generic, Protocol, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 from sagaflow.errors import MessageTooLargeError, TransportClosedError
@@ -22,6 +22,14 @@ logger = logging.getLogger("sagaflow.transports")
 
 T = TypeVar("T")
 D = TypeVar("D")
+
+
+class _HasClosed(Protocol):
+    _closed: asyncio.Event
+
+
+TransportT = TypeVar("TransportT", bound=_HasClosed)
+SubT = TypeVar("SubT")
 
 # Reconnect forever with capped, jittered backoff: a broker restart must not end a
 # subscription, and full jitter keeps many consumers from reconnecting in lockstep.
@@ -184,6 +192,81 @@ class PullIterator(Generic[D]):
         items = await self.settle_in_flight(wait=10.0)
         if not self._closed.is_set():  # close() itself hands everything back
             await self._release(items)
+
+
+class BrokerDelivery(Generic[TransportT, SubT]):
+    """What every broker delivery shares: its fields and the settle-once guard.
+
+    The first of `ack`, `nack` or `dead_letter` settles the delivery and reaches the
+    broker; later calls are no-ops (the `Delivery` contract). Settling after the
+    transport closed raises, because the broker has taken the message back already.
+    A subclass sets ``transport_name`` and implements how settling reaches its
+    broker: `_forget` (drop the delivery from the subscription's bookkeeping),
+    `_send_ack`, `_send_nack` and `_send_dead_letter`.
+
+    Args:
+        transport: The transport that received the delivery.
+        sub: The transport's record of the subscription it was received on.
+        message: The delivered message.
+        attempt: The broker's delivery count for this message and group.
+    """
+
+    __slots__ = ("_attempt", "_message", "_settled", "_sub", "_transport")
+
+    transport_name: ClassVar[str]
+
+    def __init__(self, transport: TransportT, sub: SubT, message: Message, attempt: int) -> None:
+        self._transport = transport
+        self._sub = sub
+        self._message = message
+        self._attempt = attempt
+        self._settled = False
+
+    @property
+    def message(self) -> Message:
+        """The delivered message."""
+        return self._message
+
+    @property
+    def attempt(self) -> int:
+        """How many times this message has been delivered to this group (1 the first time)."""
+        return self._attempt
+
+    def _settle(self) -> bool:
+        """Mark settled; ``False`` when it already was (the caller then does nothing)."""
+        if self._settled:
+            return False
+        ensure_open(self._transport._closed.is_set(), self.transport_name)
+        self._settled = True
+        self._forget()
+        return True
+
+    def _forget(self) -> None:
+        raise NotImplementedError
+
+    async def _send_ack(self) -> None:
+        raise NotImplementedError
+
+    async def _send_nack(self, delay: float) -> None:
+        raise NotImplementedError
+
+    async def _send_dead_letter(self, reason: str) -> None:
+        raise NotImplementedError
+
+    async def ack(self) -> None:
+        """Settle successfully: the message is not delivered to this group again."""
+        if self._settle():
+            await self._send_ack()
+
+    async def nack(self, *, delay: float = 0.0) -> None:
+        """Settle unsuccessfully: redeliver to the group after ``delay`` seconds."""
+        if self._settle():
+            await self._send_nack(delay)
+
+    async def dead_letter(self, reason: str) -> None:
+        """Move the message to the dead-letter place with ``reason``; never redelivered."""
+        if self._settle():
+            await self._send_dead_letter(reason)
 
 
 @dataclass(frozen=True, slots=True)

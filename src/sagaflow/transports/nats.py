@@ -59,6 +59,7 @@ from sagaflow.transports._common import (
     RECONNECT_POLICY,
     BatchSizer,
     BrokerDeadLetter,
+    BrokerDelivery,
     PullIterator,
     check_messages,
     ensure_open,
@@ -115,53 +116,32 @@ class _Subscription:
     iterator: PullIterator[_NatsDelivery] | None = None
 
 
-class _NatsDelivery:
-    """One JetStream delivery."""
+class _NatsDelivery(BrokerDelivery["NatsJetStreamTransport", _Subscription]):
+    """One JetStream delivery; ``attempt`` is the server's delivery count."""
 
-    __slots__ = ("_attempt", "_message", "_msg", "_settled", "_sub", "_transport")
+    __slots__ = ("_msg",)
+
+    transport_name = "NatsJetStreamTransport"
 
     def __init__(
         self, transport: NatsJetStreamTransport, sub: _Subscription, msg: Any, message: Message
     ) -> None:
-        self._transport = transport
-        self._sub = sub
+        super().__init__(transport, sub, message, int(msg.metadata.num_delivered))
         self._msg = msg
-        self._message = message
-        self._attempt = int(msg.metadata.num_delivered)
-        self._settled = False
 
-    @property
-    def message(self) -> Message:
-        """The delivered message."""
-        return self._message
-
-    @property
-    def attempt(self) -> int:
-        """The server's delivery count for this message and group (1 the first time)."""
-        return self._attempt
-
-    def _settle(self) -> bool:
-        if self._settled:
-            return False
-        ensure_open(self._transport._closed.is_set(), "NatsJetStreamTransport")
-        self._settled = True
+    def _forget(self) -> None:
         self._sub.outstanding.pop(id(self), None)
-        return True
 
-    async def ack(self) -> None:
-        """``ACK`` the message."""
-        if self._settle():
-            await self._transport._guard(self._msg.ack())
+    async def _send_ack(self) -> None:
+        await self._transport._guard(self._msg.ack())
 
-    async def nack(self, *, delay: float = 0.0) -> None:
-        """``NAK`` the message; the server redelivers it after ``delay`` seconds."""
-        if self._settle():
-            await self._transport._guard(self._msg.nak(delay=delay if delay > 0 else None))
+    async def _send_nack(self, delay: float) -> None:
+        # NAK with a delay; the server redelivers the message once it has passed.
+        await self._transport._guard(self._msg.nak(delay=delay if delay > 0 else None))
 
-    async def dead_letter(self, reason: str) -> None:
-        """Publish to the DLQ stream with ``reason``, then ``TERM`` the original."""
-        if self._settle():
-            await self._transport._dead_letter(self, reason)
+    async def _send_dead_letter(self, reason: str) -> None:
+        # Publishes to the DLQ stream, then TERMs the original.
+        await self._transport._dead_letter(self, reason)
 
 
 class NatsJetStreamTransport:

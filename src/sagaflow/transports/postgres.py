@@ -47,6 +47,7 @@ from sagaflow.transports._common import (
     RECONNECT_POLICY,
     BatchSizer,
     BrokerDeadLetter,
+    BrokerDelivery,
     PullIterator,
     check_messages,
     ensure_open,
@@ -116,10 +117,12 @@ class _Subscription:
     iterator: PullIterator[_PgDelivery] | None = None
 
 
-class _PgDelivery:
-    """One claimed row."""
+class _PgDelivery(BrokerDelivery["PostgresTransport", _Subscription]):
+    """One claimed row; ``attempt`` counts the claims of the row by its group."""
 
-    __slots__ = ("_attempt", "_message", "_seq", "_settled", "_sub", "_transport")
+    __slots__ = ("_seq",)
+
+    transport_name = "PostgresTransport"
 
     def __init__(
         self,
@@ -129,46 +132,22 @@ class _PgDelivery:
         message: Message,
         attempt: int,
     ) -> None:
-        self._transport = transport
-        self._sub = sub
+        super().__init__(transport, sub, message, attempt)
         self._seq = seq
-        self._message = message
-        self._attempt = attempt
-        self._settled = False
 
-    @property
-    def message(self) -> Message:
-        """The delivered message."""
-        return self._message
-
-    @property
-    def attempt(self) -> int:
-        """How many times the row was claimed by this group (1 the first time)."""
-        return self._attempt
-
-    def _settle(self) -> bool:
-        if self._settled:
-            return False
-        ensure_open(self._transport._closed.is_set(), "PostgresTransport")
-        self._settled = True
+    def _forget(self) -> None:
         self._sub.outstanding.discard(self._seq)
         self._sub.delivered.pop(self._seq, None)
-        return True
 
-    async def ack(self) -> None:
-        """Delete the row (write-behind: with the next claim or within the flush interval)."""
-        if self._settle():
-            self._transport._queue_ack(self._sub, self._seq)
+    async def _send_ack(self) -> None:
+        # Write-behind: the DELETE goes with the next claim or within the flush interval.
+        self._transport._queue_ack(self._sub, self._seq)
 
-    async def nack(self, *, delay: float = 0.0) -> None:
-        """Make the row visible again after ``delay`` seconds."""
-        if self._settle():
-            await self._transport._make_visible(self._sub, [self._seq], delay)
+    async def _send_nack(self, delay: float) -> None:
+        await self._transport._make_visible(self._sub, [self._seq], delay)
 
-    async def dead_letter(self, reason: str) -> None:
-        """Move the row to the dead-letter table with ``reason``."""
-        if self._settle():
-            await self._transport._dead_letter(self._sub, self._seq, reason)
+    async def _send_dead_letter(self, reason: str) -> None:
+        await self._transport._dead_letter(self._sub, self._seq, reason)
 
 
 class PostgresTransport:

@@ -54,6 +54,7 @@ from sagaflow.errors import ConfigurationError, PublishError, TransportUnavailab
 from sagaflow.transports._common import (
     BatchSizer,
     BrokerDeadLetter,
+    BrokerDelivery,
     PullIterator,
     check_messages,
     ensure_open,
@@ -127,65 +128,51 @@ class _Subscription:
     iterator: PullIterator[_RabbitDelivery] | None = None
 
 
-class _RabbitDelivery:
-    """One AMQP delivery from a group's queue."""
+class _RabbitDelivery(BrokerDelivery["RabbitMQTransport", _Subscription]):
+    """One AMQP delivery from a group's queue.
 
-    __slots__ = ("_attempt", "_incoming", "_message", "_retries", "_settled", "_sub", "_transport")
+    ``attempt`` counts deliveries of the message to the group: the retry copies the
+    transport published before plus the broker's count for this copy.
+    """
+
+    __slots__ = ("_incoming", "_retries")
+
+    transport_name = "RabbitMQTransport"
 
     def __init__(self, transport: RabbitMQTransport, sub: _Subscription, incoming: Any) -> None:
-        self._transport = transport
-        self._sub = sub
-        self._incoming = incoming
         raw = dict(incoming.headers or {})
-        self._retries = _int(raw.get(_RETRIES, 0))
-        self._attempt = self._retries + _int(raw.get("x-delivery-count", 0)) + 1
+        retries = _int(raw.get(_RETRIES, 0))
+        attempt = retries + _int(raw.get("x-delivery-count", 0)) + 1
         if incoming.redelivered and "x-delivery-count" not in raw:
-            self._attempt = max(self._attempt, self._retries + 2)
+            attempt = max(attempt, retries + 2)
         headers = {
             k: _text(v) for k, v in raw.items() if k not in _BROKER_HEADERS and k not in _INTERNAL
         }
         key = raw.get(_KEY)
-        self._message = Message(
+        message = Message(
             id=incoming.message_id or "",
             topic=sub.topic,
             body=incoming.body,
             headers=headers,
             key=_text(key) if key is not None else None,
         )
-        self._settled = False
+        super().__init__(transport, sub, message, attempt)
+        self._incoming = incoming
+        self._retries = retries
 
-    @property
-    def message(self) -> Message:
-        """The delivered message."""
-        return self._message
-
-    @property
-    def attempt(self) -> int:
-        """Deliveries of this message to this group so far (1 the first time)."""
-        return self._attempt
-
-    def _settle(self) -> bool:
-        if self._settled:
-            return False
-        ensure_open(self._transport._closed.is_set(), "RabbitMQTransport")
-        self._settled = True
+    def _forget(self) -> None:
         self._sub.outstanding.pop(id(self), None)
-        return True
 
-    async def ack(self) -> None:
-        """``basic.ack`` the delivery."""
-        if self._settle():
-            await self._transport._quietly(self._incoming.ack())
+    async def _send_ack(self) -> None:
+        await self._transport._quietly(self._incoming.ack())
 
-    async def nack(self, *, delay: float = 0.0) -> None:
-        """Publish a retry copy (after ``delay`` seconds, via a TTL queue), then ack."""
-        if self._settle():
-            await self._transport._retry(self, delay)
+    async def _send_nack(self, delay: float) -> None:
+        # Publishes a retry copy (after ``delay`` seconds, via a TTL queue), then acks.
+        await self._transport._retry(self, delay)
 
-    async def dead_letter(self, reason: str) -> None:
-        """Publish to the dead-letter exchange with ``reason``, then ack."""
-        if self._settle():
-            await self._transport._dead_letter(self, reason)
+    async def _send_dead_letter(self, reason: str) -> None:
+        # Publishes to the dead-letter exchange, then acks.
+        await self._transport._dead_letter(self, reason)
 
 
 class RabbitMQTransport:

@@ -67,6 +67,7 @@ from sagaflow.transports._common import (
     RECONNECT_POLICY,
     BatchSizer,
     BrokerDeadLetter,
+    BrokerDelivery,
     PullIterator,
     check_messages,
     ensure_open,
@@ -153,10 +154,15 @@ class _Subscription:
     iterator: PullIterator[_RedisDelivery] | None = None
 
 
-class _RedisDelivery:
-    """One delivery of a stream entry to a consumer of a group."""
+class _RedisDelivery(BrokerDelivery["RedisStreamsTransport", _Subscription]):
+    """One delivery of a stream entry to a consumer of a group.
 
-    __slots__ = ("_attempt", "_entry_id", "_message", "_settled", "_sub", "_transport")
+    ``attempt`` is Redis's delivery counter for the entry in the group.
+    """
+
+    __slots__ = ("_entry_id",)
+
+    transport_name = "RedisStreamsTransport"
 
     def __init__(
         self,
@@ -166,46 +172,24 @@ class _RedisDelivery:
         message: Message,
         attempt: int,
     ) -> None:
-        self._transport = transport
-        self._sub = sub
+        super().__init__(transport, sub, message, attempt)
         self._entry_id = entry_id
-        self._message = message
-        self._attempt = attempt
-        self._settled = False
 
-    @property
-    def message(self) -> Message:
-        """The delivered message."""
-        return self._message
-
-    @property
-    def attempt(self) -> int:
-        """Redis's delivery counter for this entry in this group (1 the first time)."""
-        return self._attempt
-
-    def _settle(self) -> bool:
-        if self._settled:
-            return False
-        ensure_open(self._transport._closed.is_set(), "RedisStreamsTransport")
-        self._settled = True
+    def _forget(self) -> None:
         self._sub.outstanding.discard(self._entry_id)
         self._sub.delivered.pop(self._entry_id, None)
-        return True
 
-    async def ack(self) -> None:
-        """Acknowledge (write-behind: sent with the next read or within the flush interval)."""
-        if self._settle():
-            self._transport._queue_ack(self._sub, self._entry_id)
+    async def _send_ack(self) -> None:
+        # Write-behind: the XACK goes with the next read or within the flush interval.
+        self._transport._queue_ack(self._sub, self._entry_id)
 
-    async def nack(self, *, delay: float = 0.0) -> None:
-        """Redeliver to the group after ``delay`` seconds; the entry stays pending meanwhile."""
-        if self._settle():
-            await self._transport._schedule_retry(self._sub, [self._entry_id], delay)
+    async def _send_nack(self, delay: float) -> None:
+        # The entry stays pending until the retry is due.
+        await self._transport._schedule_retry(self._sub, [self._entry_id], delay)
 
-    async def dead_letter(self, reason: str) -> None:
-        """Copy the entry to the DLQ stream with ``reason`` and acknowledge it, atomically."""
-        if self._settle():
-            await self._transport._dead_letter(self._sub, self._entry_id, self, reason)
+    async def _send_dead_letter(self, reason: str) -> None:
+        # Copies the entry to the DLQ stream and acknowledges it, atomically.
+        await self._transport._dead_letter(self._sub, self._entry_id, self, reason)
 
 
 class RedisStreamsTransport:
