@@ -8,11 +8,12 @@ import contextlib
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 
 from sagaflow.errors import MessageTooLargeError, TransportClosedError
+from sagaflow.testing.transport_contract import TransportContract
 from sagaflow.transports.base import Delivery, Message
 
 Factory = Callable[[], Awaitable[Any]]
@@ -249,3 +250,37 @@ async def max_deliveries(
         assert [i for i, _ in dlq] == [m.id]
     finally:
         await t.close()
+
+
+async def read_dlq(t: Any, topic: str) -> list[tuple[str, str]]:
+    """The ``(message id, reason)`` of each dead letter of ``topic`` on a broker transport."""
+    return [(d.message.id, d.reason) for d in await t.dead_letters(topic)]
+
+
+class BrokerTests(TransportContract):
+    """The contract suite plus the scenarios above, for one broker transport.
+
+    A subclass names the URL fixture of its service in ``url_fixture`` and builds its
+    transport in `make_transport` and `make_capped_transport` (``self.url`` is set).
+    """
+
+    redelivery_timeout = 10.0
+    url_fixture: ClassVar[str]
+    url: str
+
+    @pytest.fixture(autouse=True)
+    def _service(self, request: pytest.FixtureRequest) -> None:
+        self.url = request.getfixturevalue(self.url_fixture)
+
+    async def make_capped_transport(self, max_deliveries: int) -> Any:
+        """Return a fresh transport that dead-letters after ``max_deliveries``."""
+        raise NotImplementedError
+
+    async def test_dead_letter(self) -> None:
+        await dead_letter(self.make_transport, read_dlq)
+
+    async def test_redelivered_after_close(self) -> None:
+        await redelivered_after_close(self.make_transport)
+
+    async def test_max_deliveries(self) -> None:
+        await max_deliveries(lambda: self.make_capped_transport(3), read_dlq, 3)

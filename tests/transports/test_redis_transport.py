@@ -5,7 +5,6 @@ from typing import Any
 
 import pytest
 
-from sagaflow.testing.transport_contract import TransportContract
 from sagaflow.transports.redis import RedisStreamsTransport
 
 from . import _scenarios as sc
@@ -13,42 +12,14 @@ from . import _scenarios as sc
 pytestmark = pytest.mark.services
 
 
-@pytest.fixture
-def factory(redis_url: str) -> sc.Factory:
-    async def make() -> RedisStreamsTransport:
-        return RedisStreamsTransport(redis_url, block=0.1, claim_min_idle=30.0)
-
-    return make
-
-
-class TestRedisStreamsTransportContract(TransportContract):
-    redelivery_timeout = 10.0
-
-    @pytest.fixture(autouse=True)
-    def _service(self, redis_url: str) -> None:
-        self.url = redis_url
+class TestRedisStreamsTransportContract(sc.BrokerTests):
+    url_fixture = "redis_url"
 
     async def make_transport(self) -> RedisStreamsTransport:
         return RedisStreamsTransport(self.url, block=0.1, claim_min_idle=30.0)
 
-
-async def read_dlq(t: Any, topic: str) -> list[tuple[str, str]]:
-    return [(d.message.id, d.reason) for d in await t.dead_letters(topic)]
-
-
-async def test_dead_letter(factory: sc.Factory) -> None:
-    await sc.dead_letter(factory, read_dlq)
-
-
-async def test_redelivered_after_close(factory: sc.Factory) -> None:
-    await sc.redelivered_after_close(factory)
-
-
-async def test_max_deliveries(redis_url: str) -> None:
-    async def make() -> RedisStreamsTransport:
-        return RedisStreamsTransport(redis_url, block=0.1, max_deliveries=3)
-
-    await sc.max_deliveries(make, read_dlq, 3)
+    async def make_capped_transport(self, max_deliveries: int) -> RedisStreamsTransport:
+        return RedisStreamsTransport(self.url, block=0.1, max_deliveries=max_deliveries)
 
 
 async def test_trimming_never_drops_unacknowledged_entries(redis_url: str) -> None:
