@@ -20,7 +20,8 @@ from sagaflow.errors import (
 )
 from sagaflow.orchestration.records import RecordKind, SagaRecord
 from sagaflow.stores import SQLiteSagaStore
-from sagaflow.stores.sqlite import SCHEMA_VERSION, _map_error
+from sagaflow.stores._sqlite import map_error as _map_error
+from sagaflow.stores.sqlite import SCHEMA_VERSION
 
 
 def _first() -> list[SagaRecord]:

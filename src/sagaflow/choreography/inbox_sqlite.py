@@ -24,10 +24,10 @@ import sqlite3
 from typing import Final, Literal
 
 from sagaflow.choreography._outbox_common import event_id_or_current
-from sagaflow.choreography._sqlite import SQLiteWorker, connect, is_missing_table
 from sagaflow.clock import Clock, SystemClock
 from sagaflow.errors import ConfigurationError, SchemaVersionError
 from sagaflow.stores._common import validate_identifier
+from sagaflow.stores._sqlite import SQLiteWorker, connect, is_missing_table
 
 __all__ = ["SQLiteInbox"]
 

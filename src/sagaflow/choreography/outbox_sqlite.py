@@ -31,12 +31,12 @@ from sagaflow.choreography._outbox_common import (
     message_from_row,
     parked_from_row,
 )
-from sagaflow.choreography._sqlite import SQLiteWorker, connect, is_missing_table
 from sagaflow.choreography.outbox import OutboxMessage, ParkedMessage
 from sagaflow.clock import Clock, SystemClock
 from sagaflow.errors import SchemaVersionError
 from sagaflow.events import Event
 from sagaflow.stores._common import validate_identifier
+from sagaflow.stores._sqlite import SQLiteWorker, connect, is_missing_table
 from sagaflow.transports.base import Message
 
 if TYPE_CHECKING:

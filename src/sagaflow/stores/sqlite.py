@@ -22,26 +22,18 @@ Design:
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import os
-import queue
 import sqlite3
-import threading
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any, Final, Literal
 
 from sagaflow.clock import Clock, SystemClock
 from sagaflow.errors import (
     ConcurrencyError,
-    ConfigurationError,
     FencedError,
     SagaAlreadyExistsError,
     SagaNotFoundError,
     SchemaVersionError,
-    StoreError,
-    StoreUnavailableError,
 )
 from sagaflow.orchestration.records import (
     Claim,
@@ -60,6 +52,7 @@ from sagaflow.stores._common import (
     saga_name_of,
     validate_identifier,
 )
+from sagaflow.stores._sqlite import SQLiteWorker
 
 __all__ = ["SQLiteSagaStore"]
 
@@ -68,13 +61,6 @@ SCHEMA_VERSION: Final = 1
 
 _Row = tuple[str, str | None, int, float, str | None]  # kind, step, attempt, at, data
 _Op = Callable[[sqlite3.Connection], Any]
-
-
-@dataclass(slots=True)
-class _Job:
-    op: _Op
-    future: asyncio.Future[Any]
-    loop: asyncio.AbstractEventLoop
 
 
 class SQLiteSagaStore:
@@ -101,19 +87,20 @@ class SQLiteSagaStore:
         table_prefix: str = "sagaflow_",
         max_batch: int = 512,
     ) -> None:
-        if synchronous not in ("FULL", "NORMAL"):
-            raise ConfigurationError(f"synchronous must be 'FULL' or 'NORMAL', not {synchronous!r}")
         self._path = os.fspath(path)
         self._clock = clock or SystemClock()
-        self._synchronous = synchronous
-        self._busy_timeout = busy_timeout
         self._prefix = validate_identifier(table_prefix, "table_prefix") if table_prefix else ""
-        self._max_batch = max(1, max_batch)
         self._sql = _Sql(self._prefix)
-        self._queue: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
-        self._thread: threading.Thread | None = None
-        self._closed = False
-        self._stopped = threading.Event()
+        self._worker = SQLiteWorker(
+            self._path,
+            setup=lambda conn: _ensure_schema(conn, self._sql),
+            busy_timeout=busy_timeout,
+            synchronous=synchronous,
+            max_batch=max_batch,
+            name=f"sagaflow-sqlite:{self._path}",
+            foreign_keys=True,
+            closed_message="the store is closed",
+        )
 
     def __repr__(self) -> str:
         return f"SQLiteSagaStore({self._path!r})"
@@ -303,190 +290,24 @@ class SQLiteSagaStore:
 
     async def close(self) -> None:
         """Finish calls in flight, then close the connection; idempotent."""
-        if self._closed:
-            if self._thread is not None:
-                await asyncio.to_thread(self._stopped.wait)
-            return
-        self._closed = True
-        if self._thread is None:
-            return
-        self._queue.put(None)
-        await asyncio.to_thread(self._stopped.wait)
+        await self._worker.close()
 
     async def _submit(self, op: _Op) -> Any:
-        if self._closed:
-            raise StoreError("the store is closed")
-        if self._thread is None:
-            self._thread = threading.Thread(
-                target=_Worker(self).run, name=f"sagaflow-sqlite:{self._path}", daemon=True
-            )
-            self._thread.start()
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[Any] = loop.create_future()
-        self._queue.put(_Job(op, future, loop))
-        return await future
-
-
-class _Worker:
-    """The store's thread: opens the connection, then commits queued calls in batches."""
-
-    def __init__(self, store: SQLiteSagaStore) -> None:
-        self._store = store
-        self._conn: sqlite3.Connection | None = None
-
-    def run(self) -> None:
-        store = self._store
-        try:
-            while True:
-                batch, stop = self._next_batch()
-                if batch:
-                    self._run_batch(batch)
-                if stop:
-                    return
-        finally:
-            if self._conn is not None:
-                self._conn.close()
-            store._stopped.set()
-
-    def _next_batch(self) -> tuple[list[_Job], bool]:
-        first = self._store._queue.get()
-        if first is None:
-            return [], True
-        batch = [first]
-        while len(batch) < self._store._max_batch:
-            try:
-                job = self._store._queue.get_nowait()
-            except queue.Empty:
-                break
-            if job is None:
-                return batch, True
-            batch.append(job)
-        return batch, False
-
-    def _run_batch(self, batch: list[_Job]) -> None:
-        outcomes: list[tuple[_Job, Any, BaseException | None]] = []
-        try:
-            conn = self._connection()
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                outcomes = [self._run_one(conn, job) for job in batch]
-                conn.execute("COMMIT")
-            except BaseException:
-                _rollback(conn)
-                raise
-        except Exception as exc:  # the transaction itself failed: nothing was written
-            error = _map_error(exc)
-            outcomes = [(job, None, error) for job in batch]
-        _settle_all(outcomes)
-
-    def _run_one(
-        self, conn: sqlite3.Connection, job: _Job
-    ) -> tuple[_Job, Any, BaseException | None]:
-        # A savepoint per call: a call that fails midway undoes only its own writes.
-        conn.execute("SAVEPOINT op")
-        try:
-            result = job.op(conn)
-        except Exception as exc:
-            if isinstance(exc, sqlite3.Error) and _is_fatal(exc):
-                raise  # I/O trouble dooms the whole transaction, not just this call
-            # Anything else (a failed check, a bad row) is this call's own failure.
-            conn.execute("ROLLBACK TO op")
-            conn.execute("RELEASE op")
-            return job, None, _map_error(exc)
-        conn.execute("RELEASE op")
-        return job, result, None
-
-    def _connection(self) -> sqlite3.Connection:
-        if self._conn is None:
-            self._conn = _open(self._store)
-        return self._conn
-
-
-def _open(store: SQLiteSagaStore) -> sqlite3.Connection:
-    """Open the connection, set its pragmas and create or check the schema."""
-    # isolation_level=None: we issue BEGIN/COMMIT ourselves (group commit).
-    conn = sqlite3.connect(
-        store._path, timeout=store._busy_timeout, isolation_level=None, check_same_thread=False
-    )
-    try:
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute(f"PRAGMA synchronous={store._synchronous}")
-        conn.execute("PRAGMA foreign_keys=ON")
-        _ensure_schema(conn, store._sql)
-    except BaseException:
-        conn.close()
-        raise
-    return conn
+        # Every store call writes or needs a consistent read under the write lock.
+        return await self._worker.run(op)
 
 
 def _ensure_schema(conn: sqlite3.Connection, sql: _Sql) -> None:
-    # BEGIN IMMEDIATE takes the write lock: two processes opening a fresh file
-    # at once cannot both create the tables.
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        conn.execute(sql.create_meta)
-        row = conn.execute(sql.schema_version).fetchone()
-        if row is None:
-            for statement in sql.create_tables:
-                conn.execute(statement)
-            conn.execute(sql.set_schema_version, (str(SCHEMA_VERSION),))
-        elif int(row[0]) > SCHEMA_VERSION:
-            raise SchemaVersionError(int(row[0]), SCHEMA_VERSION)
-        conn.execute("COMMIT")
-    except BaseException:
-        _rollback(conn)
-        raise
-
-
-def _rollback(conn: sqlite3.Connection) -> None:
-    if conn.in_transaction:
-        # If even ROLLBACK fails the connection is broken; the caller gets the first error.
-        with contextlib.suppress(sqlite3.Error):
-            conn.execute("ROLLBACK")
-
-
-def _is_fatal(exc: sqlite3.Error) -> bool:
-    """Whether an error inside one call dooms the whole transaction (I/O, full disk)."""
-    return not isinstance(exc, sqlite3.IntegrityError | sqlite3.ProgrammingError)
-
-
-_UNAVAILABLE_HINTS = ("locked", "busy", "unable to open", "disk i/o", "readonly", "read-only")
-
-
-def _map_error(exc: BaseException) -> BaseException:
-    """Translate a driver error into a sagaflow `StoreError` (others pass through)."""
-    if isinstance(exc, StoreError) or not isinstance(exc, sqlite3.Error):
-        return exc
-    message = str(exc)
-    if isinstance(exc, sqlite3.OperationalError) and any(
-        hint in message.lower() for hint in _UNAVAILABLE_HINTS
-    ):
-        mapped: StoreError = StoreUnavailableError(f"SQLite database unavailable: {message}")
-    else:
-        mapped = StoreError(f"SQLite error: {message}")
-    mapped.__cause__ = exc
-    return mapped
-
-
-def _settle_all(outcomes: list[tuple[_Job, Any, BaseException | None]]) -> None:
-    # One wake-up per event loop per batch rather than one per call.
-    by_loop: dict[asyncio.AbstractEventLoop, list[tuple[_Job, Any, BaseException | None]]] = {}
-    for outcome in outcomes:
-        by_loop.setdefault(outcome[0].loop, []).append(outcome)
-    for loop, items in by_loop.items():
-        # A closed loop raises RuntimeError: nobody is waiting for these results any more.
-        with contextlib.suppress(RuntimeError):
-            loop.call_soon_threadsafe(_settle, items)
-
-
-def _settle(items: list[tuple[_Job, Any, BaseException | None]]) -> None:
-    for job, result, error in items:
-        if job.future.done():
-            continue  # the caller was cancelled; its write (if any) stands
-        if error is not None:
-            job.future.set_exception(error)
-        else:
-            job.future.set_result(result)
+    # Runs inside the worker's BEGIN IMMEDIATE, which takes the write lock: two
+    # processes opening a fresh file at once cannot both create the tables.
+    conn.execute(sql.create_meta)
+    row = conn.execute(sql.schema_version).fetchone()
+    if row is None:
+        for statement in sql.create_tables:
+            conn.execute(statement)
+        conn.execute(sql.set_schema_version, (str(SCHEMA_VERSION),))
+    elif int(row[0]) > SCHEMA_VERSION:
+        raise SchemaVersionError(int(row[0]), SCHEMA_VERSION)
 
 
 def _encode(records: Sequence[SagaRecord]) -> list[_Row]:

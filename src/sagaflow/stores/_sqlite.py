@@ -1,9 +1,9 @@
-"""One worker thread and one connection for the SQLite outbox and inbox (private).
+"""One worker thread and one connection per SQLite database (private).
 
-The same design as `SQLiteSagaStore`: blocking ``sqlite3`` calls run on a
-dedicated thread; calls queued while it is busy run together in *one*
-transaction (each in its own savepoint) and are committed once, so that many
-concurrent inbox marks cost one ``fsync``. Batches made only of reads run in a
+Shared by `SQLiteSagaStore` and the SQLite outbox and inbox: blocking ``sqlite3``
+calls run on a dedicated thread; calls queued while it is busy run together in
+*one* transaction (each in its own savepoint) and are committed once, so that
+many concurrent writes cost one ``fsync``. Batches made only of reads run in a
 deferred transaction and never take the write lock.
 """
 
@@ -19,8 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from sagaflow.errors import ConfigurationError, StoreError
-from sagaflow.stores.sqlite import _is_fatal, _map_error, _rollback
+from sagaflow.errors import ConfigurationError, StoreError, StoreUnavailableError
 
 Op = Callable[[sqlite3.Connection], Any]
 Setup = Callable[[sqlite3.Connection], None]
@@ -35,7 +34,9 @@ class _Job:
     loop: asyncio.AbstractEventLoop
 
 
-def connect(path: str, *, busy_timeout: float, synchronous: str, wal: bool) -> sqlite3.Connection:
+def connect(
+    path: str, *, busy_timeout: float, synchronous: str, wal: bool, foreign_keys: bool = False
+) -> sqlite3.Connection:
     """Open a connection in autocommit mode (transactions are explicit) and set pragmas."""
     conn = sqlite3.connect(
         path, timeout=busy_timeout, isolation_level=None, check_same_thread=False
@@ -47,6 +48,9 @@ def connect(path: str, *, busy_timeout: float, synchronous: str, wal: bool) -> s
             with contextlib.suppress(sqlite3.OperationalError):
                 conn.execute("PRAGMA journal_mode=WAL")
         conn.execute(f"PRAGMA synchronous={synchronous}")
+        if foreign_keys:
+            # Outside any transaction: inside one this pragma is silently ignored.
+            conn.execute("PRAGMA foreign_keys=ON")
     except BaseException:
         conn.close()
         raise
@@ -65,6 +69,8 @@ class SQLiteWorker:
         wal: Switch the database to WAL mode.
         max_batch: Most calls committed together.
         name: Thread name.
+        foreign_keys: Enforce foreign keys on the connection.
+        closed_message: Message of the `StoreError` raised by `run` after `close`.
     """
 
     def __init__(
@@ -77,6 +83,8 @@ class SQLiteWorker:
         wal: bool = True,
         max_batch: int = 512,
         name: str = "sagaflow-sqlite",
+        foreign_keys: bool = False,
+        closed_message: str = "the SQLite connection is closed",
     ) -> None:
         if synchronous not in ("FULL", "NORMAL"):
             raise ConfigurationError(f"synchronous must be 'FULL' or 'NORMAL', not {synchronous!r}")
@@ -87,6 +95,8 @@ class SQLiteWorker:
         self._wal = wal
         self._max_batch = max(1, max_batch)
         self._name = name
+        self._foreign_keys = foreign_keys
+        self._closed_message = closed_message
         self._queue: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._conn: sqlite3.Connection | None = None
@@ -101,7 +111,7 @@ class SQLiteWorker:
                 (`StoreUnavailableError` when it is locked or unreachable).
         """
         if self._closed:
-            raise StoreError("the SQLite connection is closed")
+            raise StoreError(self._closed_message)
         if self._thread is None:
             self._thread = threading.Thread(target=self._loop, name=self._name, daemon=True)
             self._thread.start()
@@ -159,10 +169,10 @@ class SQLiteWorker:
                 outcomes = [self._run_one(conn, job) for job in batch]
                 conn.execute("COMMIT")
             except BaseException:
-                _rollback(conn)
+                rollback(conn)
                 raise
         except Exception as exc:  # the transaction itself failed: nothing was written
-            error = _map_error(exc)
+            error = map_error(exc)
             outcomes = [(job, None, error) for job in batch]
         _settle_all(outcomes)
 
@@ -172,11 +182,11 @@ class SQLiteWorker:
         try:
             result = job.op(conn)
         except Exception as exc:
-            if isinstance(exc, sqlite3.Error) and _is_fatal(exc):
+            if isinstance(exc, sqlite3.Error) and is_fatal(exc):
                 raise  # I/O trouble dooms the whole transaction, not just this call
             conn.execute("ROLLBACK TO op")
             conn.execute("RELEASE op")
-            return job, None, _map_error(exc)
+            return job, None, map_error(exc)
         conn.execute("RELEASE op")
         return job, result, None
 
@@ -187,6 +197,7 @@ class SQLiteWorker:
                 busy_timeout=self._busy_timeout,
                 synchronous=self._synchronous,
                 wal=self._wal,
+                foreign_keys=self._foreign_keys,
             )
             try:
                 conn.execute("BEGIN IMMEDIATE")
@@ -194,7 +205,7 @@ class SQLiteWorker:
                     self._setup(conn)
                     conn.execute("COMMIT")
                 except BaseException:
-                    _rollback(conn)
+                    rollback(conn)
                     raise
             except BaseException:
                 conn.close()
@@ -203,7 +214,39 @@ class SQLiteWorker:
         return self._conn
 
 
+def rollback(conn: sqlite3.Connection) -> None:
+    """Roll back the open transaction, if any, keeping the caller's error."""
+    if conn.in_transaction:
+        # If even ROLLBACK fails the connection is broken; the caller gets the first error.
+        with contextlib.suppress(sqlite3.Error):
+            conn.execute("ROLLBACK")
+
+
+def is_fatal(exc: sqlite3.Error) -> bool:
+    """Whether an error inside one call dooms the whole transaction (I/O, full disk)."""
+    return not isinstance(exc, sqlite3.IntegrityError | sqlite3.ProgrammingError)
+
+
+_UNAVAILABLE_HINTS = ("locked", "busy", "unable to open", "disk i/o", "readonly", "read-only")
+
+
+def map_error(exc: BaseException) -> BaseException:
+    """Translate a driver error into a sagaflow `StoreError` (others pass through)."""
+    if isinstance(exc, StoreError) or not isinstance(exc, sqlite3.Error):
+        return exc
+    message = str(exc)
+    if isinstance(exc, sqlite3.OperationalError) and any(
+        hint in message.lower() for hint in _UNAVAILABLE_HINTS
+    ):
+        mapped: StoreError = StoreUnavailableError(f"SQLite database unavailable: {message}")
+    else:
+        mapped = StoreError(f"SQLite error: {message}")
+    mapped.__cause__ = exc
+    return mapped
+
+
 def _settle_all(outcomes: list[_Outcome]) -> None:
+    # One wake-up per event loop per batch rather than one per call.
     by_loop: dict[asyncio.AbstractEventLoop, list[_Outcome]] = {}
     for outcome in outcomes:
         by_loop.setdefault(outcome[0].loop, []).append(outcome)
