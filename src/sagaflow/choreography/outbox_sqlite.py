@@ -33,10 +33,14 @@ from sagaflow.choreography._outbox_common import (
 )
 from sagaflow.choreography.outbox import OutboxMessage, ParkedMessage
 from sagaflow.clock import Clock, SystemClock
-from sagaflow.errors import SchemaVersionError
 from sagaflow.events import Event
 from sagaflow.stores._common import validate_identifier
-from sagaflow.stores._sqlite import SQLiteWorker, connect, is_missing_table
+from sagaflow.stores._sqlite import (
+    SQLiteWorker,
+    connect,
+    create_versioned_tables,
+    is_missing_table,
+)
 from sagaflow.transports.base import Message
 
 if TYPE_CHECKING:
@@ -107,15 +111,12 @@ class SQLiteOutbox:
         Raises:
             SchemaVersionError: The table was made by a newer sagaflow.
         """
-        sql = self._sql
-        conn.execute(sql.create_meta)
-        row = conn.execute(sql.get_version).fetchone()
-        if row is not None and int(row[0]) > SCHEMA_VERSION:
-            raise SchemaVersionError(int(row[0]), SCHEMA_VERSION)
-        for statement in sql.create_tables:
-            conn.execute(statement)
-        if row is None:
-            conn.execute(sql.set_version, (str(SCHEMA_VERSION),))
+        create_versioned_tables(
+            conn,
+            meta_table=f"{self.table}_meta",
+            tables=self._sql.create_tables,
+            version=SCHEMA_VERSION,
+        )
 
     def add(
         self,
@@ -308,13 +309,6 @@ class _Sql:
     """Every statement, with the table name spliced in once."""
 
     def __init__(self, t: str) -> None:
-        self.create_meta = (
-            f"CREATE TABLE IF NOT EXISTS {t}_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)"
-        )
-        self.get_version = f"SELECT value FROM {t}_meta WHERE key = 'schema_version'"
-        self.set_version = (
-            f"INSERT OR REPLACE INTO {t}_meta (key, value) VALUES ('schema_version', ?)"
-        )
         self.create_tables = (
             # seq is the rowid: SQLite has one writer at a time, so a larger seq
             # was committed later, and rows of one key are published by seq.

@@ -15,11 +15,16 @@ import os
 import queue
 import sqlite3
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from sagaflow.errors import ConfigurationError, StoreError, StoreUnavailableError
+from sagaflow.errors import (
+    ConfigurationError,
+    SchemaVersionError,
+    StoreError,
+    StoreUnavailableError,
+)
 
 Op = Callable[[sqlite3.Connection], Any]
 Setup = Callable[[sqlite3.Connection], None]
@@ -264,6 +269,36 @@ def _settle(items: list[_Outcome]) -> None:
             job.future.set_exception(error)
         else:
             job.future.set_result(result)
+
+
+def create_versioned_tables(
+    conn: sqlite3.Connection, *, meta_table: str, tables: Sequence[str], version: int
+) -> None:
+    """Create ``tables`` if missing and record ``version`` in ``meta_table``.
+
+    Args:
+        conn: The connection, inside a write transaction.
+        meta_table: Key-value table holding ``schema_version``; created if missing.
+        tables: ``CREATE ... IF NOT EXISTS`` statements; they run on every call, so
+            they must be idempotent.
+        version: The newest schema version this code knows.
+
+    Raises:
+        SchemaVersionError: The tables were made by a newer sagaflow; nothing is created.
+    """
+    conn.execute(
+        f"CREATE TABLE IF NOT EXISTS {meta_table} (key TEXT PRIMARY KEY, value TEXT NOT NULL)"
+    )
+    row = conn.execute(f"SELECT value FROM {meta_table} WHERE key = 'schema_version'").fetchone()
+    if row is not None and int(row[0]) > version:
+        raise SchemaVersionError(int(row[0]), version)
+    for statement in tables:
+        conn.execute(statement)
+    if row is None:
+        conn.execute(
+            f"INSERT OR REPLACE INTO {meta_table} (key, value) VALUES ('schema_version', ?)",
+            (str(version),),
+        )
 
 
 def is_missing_table(exc: sqlite3.OperationalError) -> bool:
