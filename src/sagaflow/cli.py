@@ -26,13 +26,21 @@ flow has no journal entry, stalled flows or topology problems were found;
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, NoReturn
 
+from sagaflow._cli_common import (
+    EXIT_OK,
+    EXIT_REFUSED,
+    EXIT_UNAVAILABLE,
+    EXIT_USAGE,
+    ErrorRule,
+    guard,
+    resource_command,
+)
 from sagaflow._version import __version__
 from sagaflow.errors import (
     ConcurrencyError,
@@ -49,7 +57,6 @@ from sagaflow.orchestration.store import SagaStore
 
 __all__ = ["main"]
 
-EXIT_OK, EXIT_REFUSED, EXIT_USAGE, EXIT_UNAVAILABLE = 0, 1, 2, 3
 OPERATOR = f"sagaflow-cli@{os.uname().nodename}" if hasattr(os, "uname") else "sagaflow-cli"
 
 
@@ -179,44 +186,36 @@ def _add_sagas(commands: Any) -> None:
     skip.set_defaults(handler=_with_store(_skip))
 
 
+def _open_store(url: str) -> SagaStore:
+    # Imported here: the store drivers load only for the commands that use a store.
+    from sagaflow.stores import open_store
+
+    return open_store(url)
+
+
+_ERRORS: tuple[ErrorRule, ...] = (
+    ((SagaNotFoundError, SagaStateError, ConcurrencyError), EXIT_REFUSED, "{exc}"),
+    (ConfigurationError, EXIT_USAGE, "{exc}"),
+    (StoreUnavailableError, EXIT_UNAVAILABLE, "store unavailable: {exc}"),
+    (StoreError, EXIT_UNAVAILABLE, "store error: {exc}"),
+)
+
+
 def _with_store(
     action: Callable[[SagaStore, argparse.Namespace], Awaitable[int]],
 ) -> Callable[[argparse.Namespace], int]:
-    def handler(args: argparse.Namespace) -> int:
-        if not args.store:
-            print("sagaflow: --store URL is required (or set SAGAFLOW_STORE)", file=sys.stderr)
-            return EXIT_USAGE
-
-        async def run() -> int:
-            from sagaflow.stores import open_store
-
-            store = open_store(args.store)
-            try:
-                return await action(store, args)
-            finally:
-                await store.close()
-
-        return _guard(lambda: asyncio.run(run()))
-
-    return handler
+    return resource_command(
+        action,
+        url=lambda args: args.store,
+        missing="--store URL is required (or set SAGAFLOW_STORE)",
+        open_resource=_open_store,
+        rules=_ERRORS,
+    )
 
 
 def _guard(body: Callable[[], int]) -> int:
     """Turn sagaflow errors into a message on stderr and an exit code."""
-    try:
-        return body()
-    except (SagaNotFoundError, SagaStateError, ConcurrencyError) as exc:
-        print(f"sagaflow: {exc}", file=sys.stderr)
-        return EXIT_REFUSED
-    except ConfigurationError as exc:
-        print(f"sagaflow: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    except StoreUnavailableError as exc:
-        print(f"sagaflow: store unavailable: {exc}", file=sys.stderr)
-        return EXIT_UNAVAILABLE
-    except StoreError as exc:
-        print(f"sagaflow: store error: {exc}", file=sys.stderr)
-        return EXIT_UNAVAILABLE
+    return guard(body, _ERRORS)
 
 
 async def _list(store: SagaStore, args: argparse.Namespace) -> int:

@@ -15,6 +15,14 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+from sagaflow._cli_common import (
+    EXIT_OK,
+    EXIT_REFUSED,
+    EXIT_UNAVAILABLE,
+    EXIT_USAGE,
+    ErrorRule,
+    resource_command,
+)
 from sagaflow.errors import (
     ConfigurationError,
     MissingDependencyError,
@@ -24,8 +32,6 @@ from sagaflow.errors import (
 from sagaflow.observability.journal import FlowJournal, open_journal
 
 __all__ = ["add_observability_commands"]
-
-EXIT_OK, EXIT_REFUSED, EXIT_USAGE, EXIT_UNAVAILABLE = 0, 1, 2, 3
 
 
 def add_observability_commands(commands: Any) -> None:
@@ -155,34 +161,24 @@ def _emit(text: str, output: str | None) -> None:
         print(text)
 
 
+_JOURNAL_ERRORS: tuple[ErrorRule, ...] = (
+    ((ConfigurationError, MissingDependencyError), EXIT_USAGE, "{exc}"),
+    ((OSError, SagaflowError), EXIT_UNAVAILABLE, "journal unavailable: {exc}"),
+    # Driver errors (sqlite3, psycopg) have no common base.
+    (Exception, EXIT_UNAVAILABLE, "journal error: {type}: {exc}"),
+)
+
+
 def _journal_command(
     action: Callable[[FlowJournal, argparse.Namespace], Awaitable[int]],
 ) -> Callable[[argparse.Namespace], int]:
-    def handler(args: argparse.Namespace) -> int:
-        if not args.journal:
-            print("sagaflow: --journal URL is required (or set SAGAFLOW_JOURNAL)", file=sys.stderr)
-            return EXIT_USAGE
-
-        async def run() -> int:
-            journal = open_journal(args.journal)
-            try:
-                return await action(journal, args)
-            finally:
-                await journal.close()
-
-        try:
-            return asyncio.run(run())
-        except (ConfigurationError, MissingDependencyError) as exc:
-            print(f"sagaflow: {exc}", file=sys.stderr)
-            return EXIT_USAGE
-        except (OSError, SagaflowError) as exc:
-            print(f"sagaflow: journal unavailable: {exc}", file=sys.stderr)
-            return EXIT_UNAVAILABLE
-        except Exception as exc:  # driver errors (sqlite3, psycopg) have no common base
-            print(f"sagaflow: journal error: {type(exc).__name__}: {exc}", file=sys.stderr)
-            return EXIT_UNAVAILABLE
-
-    return handler
+    return resource_command(
+        action,
+        url=lambda args: args.journal,
+        missing="--journal URL is required (or set SAGAFLOW_JOURNAL)",
+        open_resource=open_journal,
+        rules=_JOURNAL_ERRORS,
+    )
 
 
 async def _trace(journal: FlowJournal, args: argparse.Namespace) -> int:
