@@ -233,3 +233,35 @@ def test_acknowledged_writes_survive_kill_9(tmp_path: Path, synchronous: str) ->
         await store.close()
 
     asyncio.run(check())
+
+
+async def test_a_failing_call_alone_in_its_transaction_leaves_nothing(tmp_path) -> None:
+    """A call that fails after writing is rolled back, alone or batched with others."""
+    import asyncio as _asyncio
+
+    from sagaflow.stores.sqlite import SQLiteSagaStore
+
+    store = SQLiteSagaStore(tmp_path / "alone.db")
+    await store.list_sagas()  # creates the schema
+
+    def write_then_fail(conn):
+        conn.execute("CREATE TABLE IF NOT EXISTS probe (n INTEGER)")
+        conn.execute("INSERT INTO probe VALUES (1)")
+        raise ValueError("boom")
+
+    def count(conn):
+        return conn.execute("SELECT count(*) FROM probe").fetchone()[0]
+
+    def create_probe(conn):
+        conn.execute("CREATE TABLE IF NOT EXISTS probe (n INTEGER)")
+
+    await store._worker.run(create_probe)
+    with pytest.raises(Exception, match="boom"):
+        await store._worker.run(write_then_fail)  # alone in its transaction
+    assert await store._worker.run(count) == 0
+    results = await _asyncio.gather(
+        store._worker.run(write_then_fail), store._worker.run(count), return_exceptions=True
+    )
+    assert isinstance(results[0], Exception)
+    assert await store._worker.run(count) == 0
+    await store.close()

@@ -171,7 +171,10 @@ class SQLiteWorker:
             # Reads alone need no write lock: the application keeps writing meanwhile.
             conn.execute("BEGIN IMMEDIATE" if any(j.write for j in batch) else "BEGIN")
             try:
-                outcomes = [self._run_one(conn, job) for job in batch]
+                if len(batch) == 1:  # alone in its transaction: no savepoint needed
+                    outcomes = [self._run_alone(conn, batch[0])]
+                else:
+                    outcomes = [self._run_one(conn, job) for job in batch]
                 conn.execute("COMMIT")
             except BaseException:
                 rollback(conn)
@@ -180,6 +183,23 @@ class SQLiteWorker:
             error = map_error(exc)
             outcomes = [(job, None, error) for job in batch]
         _settle_all(outcomes)
+
+    @staticmethod
+    def _run_alone(conn: sqlite3.Connection, job: _Job) -> _Outcome:
+        """Run the only job of a transaction: its failure rolls the transaction back.
+
+        Two statements (SAVEPOINT, RELEASE) fewer than `_run_one` on the common
+        sequential path.
+        """
+        try:
+            result = job.op(conn)
+        except Exception as exc:
+            if isinstance(exc, sqlite3.Error) and is_fatal(exc):
+                raise  # handled by the caller, like any failure of the transaction
+            rollback(conn)
+            conn.execute("BEGIN")  # so that the caller's COMMIT ends an empty transaction
+            return job, None, map_error(exc)
+        return job, result, None
 
     @staticmethod
     def _run_one(conn: sqlite3.Connection, job: _Job) -> _Outcome:
