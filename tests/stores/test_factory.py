@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from sagaflow._urls import mask_url
 from sagaflow.errors import ConfigurationError
 from sagaflow.stores import MemorySagaStore, PostgresSagaStore, SQLiteSagaStore, open_store
-from sagaflow.stores._common import mask_url
 
 
 async def test_memory_url() -> None:

@@ -5,9 +5,9 @@ import sys
 
 import pytest
 
+from sagaflow._urls import mask_url
 from sagaflow.errors import ConfigurationError, MissingDependencyError
 from sagaflow.transports import MemoryTransport, open_transport
-from sagaflow.transports._common import mask_url
 
 BROKER_MODULES = ("redis", "nats", "aio_pika", "aiormq", "psycopg", "psycopg_pool")
 

@@ -12,10 +12,10 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import pydantic_core
 
+from sagaflow._urls import mask_url
 from sagaflow.errors import ConfigurationError, SerializationError
 from sagaflow.orchestration.records import RecordKind, SagaRecord, SagaStatus, status_after
 
@@ -35,7 +35,6 @@ __all__ = [
 # Statuses `claim` hands out: the saga still has work to do.
 ACTIVE_STATUSES: tuple[SagaStatus, ...] = (SagaStatus.RUNNING, SagaStatus.COMPENSATING)
 
-_PASSWORD_PARAM = re.compile(r"(password\s*=\s*)('[^']*'|[^\s&]+)", re.IGNORECASE)
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,47}$")
 
 
@@ -145,23 +144,3 @@ def validate_identifier(value: str, what: str) -> str:
             "not starting with a digit, at most 48 characters"
         )
     return value
-
-
-def mask_url(url: str) -> str:
-    """Return ``url`` with any password replaced by ``***`` (safe to log or show).
-
-    Handles URLs (``postgresql://user:secret@host/db``, ``?password=secret``) and
-    libpq keyword strings (``host=h password=secret``).
-    """
-    url = _PASSWORD_PARAM.sub(r"\1***", url)
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "<unparsable url>"
-    if parts.password is None:
-        return url
-    user = parts.username or ""
-    host = parts.hostname or ""
-    port = f":{parts.port}" if parts.port is not None else ""
-    netloc = f"{user}:***@{host}{port}"
-    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))

@@ -15,8 +15,9 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from sagaflow._urls import mask_url
 from sagaflow.errors import ConfigurationError
-from sagaflow.transports._common import BrokerDeadLetter, mask_url
+from sagaflow.transports._common import BrokerDeadLetter
 from sagaflow.transports.base import Delivery, Message, Transport, TransportFeatures
 from sagaflow.transports.memory import MemoryTransport
 

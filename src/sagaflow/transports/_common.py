@@ -12,7 +12,6 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import ClassVar, Generic, Protocol, TypeVar
-from urllib.parse import urlsplit, urlunsplit
 
 from sagaflow.errors import MessageTooLargeError, TransportClosedError
 from sagaflow.retry import RetryPolicy
@@ -37,23 +36,6 @@ RECONNECT_POLICY = RetryPolicy(max_attempts=None, initial_delay=0.05, max_delay=
 
 # Publishes retry a few times on a lost connection, then surface the error.
 PUBLISH_RETRY_POLICY = RetryPolicy(max_attempts=4, initial_delay=0.05, max_delay=1.0)
-
-
-def mask_url(url: str) -> str:
-    """Return ``url`` with its password replaced by ``***`` (for logs, reprs, errors)."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "<invalid url>"
-    if parts.password is None:
-        return url
-    user = parts.username or ""
-    host = parts.hostname or ""
-    if ":" in host:
-        host = f"[{host}]"
-    port = f":{parts.port}" if parts.port else ""
-    netloc = f"{user}:***@{host}{port}"
-    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
 
 
 def check_messages(messages: Sequence[Message], max_payload: int) -> None:

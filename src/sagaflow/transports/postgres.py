@@ -42,6 +42,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sagaflow._optional import require
+from sagaflow._urls import mask_url
 from sagaflow.errors import ConfigurationError, PublishError, TransportUnavailableError
 from sagaflow.transports._common import (
     RECONNECT_POLICY,
@@ -52,7 +53,6 @@ from sagaflow.transports._common import (
     check_messages,
     ensure_open,
     logger,
-    mask_url,
     retry_publish,
     sleep_or_closed,
 )

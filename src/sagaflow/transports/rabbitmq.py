@@ -50,6 +50,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sagaflow._optional import require
+from sagaflow._urls import mask_url
 from sagaflow.errors import ConfigurationError, PublishError, TransportUnavailableError
 from sagaflow.transports._common import (
     BatchSizer,
@@ -59,7 +60,6 @@ from sagaflow.transports._common import (
     check_messages,
     ensure_open,
     logger,
-    mask_url,
 )
 from sagaflow.transports.base import Delivery, Message, TransportFeatures, validate_name
 
