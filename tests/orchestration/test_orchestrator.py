@@ -236,6 +236,77 @@ async def test_cancellation_runs_compensations_shielded():
     assert compensating.data["error"]["type"] == "SagaCancelledError"
 
 
+async def test_cancelling_again_while_compensations_suspend_does_not_stop_them():
+    in_undo = asyncio.Event()
+    undone = []
+
+    async def quick(ctx):
+        return None
+
+    async def undo(ctx):
+        in_undo.set()
+        await asyncio.sleep(0.01)  # suspended here when the cancels arrive
+        await asyncio.sleep(0.01)
+        undone.append(ctx.step)
+
+    async def fail(ctx):
+        raise ValueError("card declined")
+
+    store = MemorySagaStore()
+    saga = Saga(
+        "s",
+        state=Order,
+        steps=[
+            Step("a", quick, compensate=undo),
+            Step("b", quick, compensate=undo),
+            Step("c", fail, compensate=undo),
+        ],
+        retry=RetryPolicy.no_retry(),
+    )
+    task = asyncio.ensure_future(Orchestrator(store).run(saga, {"order_id": "x"}, saga_id="c2"))
+    await in_undo.wait()
+    task.cancel()
+    await asyncio.sleep(0)
+    task.cancel()  # a second cancel, during the same compensation
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert undone == ["b", "a"]
+    log = await store.load("c2")
+    assert log.status is SagaStatus.COMPENSATED
+    compensating = next(r for r in log.records if r.kind is RecordKind.SAGA_COMPENSATING)
+    assert compensating.data["error"]["message"] == "card declined"
+
+
+async def test_a_compensation_failing_after_it_suspended_parks_the_saga():
+    async def quick(ctx):
+        return None
+
+    async def undo_later_fails(ctx):
+        await asyncio.sleep(0)
+        raise RuntimeError("refund service down")
+
+    async def fail(ctx):
+        raise ValueError("no stock")
+
+    saga = Saga(
+        "s",
+        state=Order,
+        steps=[
+            Step("a", quick, compensate=undo_later_fails),
+            Step("b", fail, compensate=undo_later_fails),
+        ],
+        retry=RetryPolicy.no_retry(),
+        compensation_retry=RetryPolicy.no_retry(),
+    )
+    result = await Orchestrator().run(saga, {"order_id": "x"})
+    assert result.status is SagaStatus.FAILED
+    assert result.error == {
+        "type": "RuntimeError",
+        "message": "refund service down",
+        "step": "a",
+    }
+
+
 async def test_parallel_failure_cancels_siblings_and_compensates_done_and_unknown():
     gate = asyncio.Event()
     undone = []

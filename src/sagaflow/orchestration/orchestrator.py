@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import functools
 import itertools
 import logging
 import random
+import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Coroutine, Generator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
@@ -43,6 +45,7 @@ from sagaflow.orchestration.hooks import HookDispatcher, SagaHooks, fire
 from sagaflow.orchestration.operator import resume_parked
 from sagaflow.orchestration.records import (
     Claim,
+    JsonRecords,
     RecordKind,
     SagaLog,
     SagaRecord,
@@ -56,6 +59,7 @@ from sagaflow.retry import RetryPolicy
 __all__ = ["Orchestrator", "RecoveryReport"]
 
 S = TypeVar("S", bound=BaseModel)
+T = TypeVar("T")
 
 _log = logging.getLogger("sagaflow.orchestration")
 
@@ -104,6 +108,8 @@ class Orchestrator:
         max_recoveries: int = 5,
     ) -> None:
         self.clock: Clock = clock or SystemClock()
+        # Records are stamped often: skip the method call for the real clock.
+        self._now = time.time if type(self.clock) is SystemClock else self.clock.now
         if store is None:
             # Imported here: the stores package imports orchestration modules.
             from sagaflow.stores.memory import MemorySagaStore
@@ -440,11 +446,13 @@ def apply_result(state: S, result: StepResult) -> tuple[S, Any]:
     if result is None:
         return state, None
     model = type(state)
-    if isinstance(result, BaseModel):
+    if type(result) is dict:  # the usual case; skips the isinstance checks below
+        pass
+    elif isinstance(result, BaseModel):
         if not isinstance(result, model):
             raise SchemaError(f"step returned a {type(result).__name__}, expected {model.__name__}")
         return result, result.model_dump(mode="json")
-    if not isinstance(result, Mapping):
+    elif not isinstance(result, Mapping):
         raise SchemaError(
             f"step returned {type(result).__name__}; return a mapping of state updates, "
             f"a {model.__name__}, or None"
@@ -452,20 +460,28 @@ def apply_result(state: S, result: StepResult) -> tuple[S, Any]:
     if not result:
         return state, None
     fields = model.__pydantic_fields__
-    for key in result:
-        if key not in fields:
-            raise SchemaError(f"step updated unknown state field {key!r} of {model.__name__}")
+    if not result.keys() <= fields.keys():
+        unknown = next(key for key in result if key not in fields)
+        raise SchemaError(f"step updated unknown state field {unknown!r} of {model.__name__}")
     merged = state.__dict__.copy()  # field values only; cheaper than dict(state)
     merged.update(result)
     try:
-        new_state = model.model_validate(merged)
+        # The validator model_validate calls, without its wrapper (a hot path).
+        new_state: S = model.__pydantic_validator__.validate_python(merged)
     except ValidationError as exc:
         raise SchemaError(f"state is invalid after the step's updates: {exc}") from exc
     # Log the validated values in JSON form, exactly as every store will return them.
     if _plain_serialization(model):
         values = new_state.__dict__
-        return new_state, {key: to_jsonable_python(values[key]) for key in result}
+        logged = {}
+        for key in result:
+            value = values[key]
+            logged[key] = value if type(value) in _JSON_SCALARS else to_jsonable_python(value)
+        return new_state, logged
     return new_state, new_state.model_dump(mode="json", include=set(result))
+
+
+_JSON_SCALARS = frozenset({str, int, float, bool, type(None)})
 
 
 @functools.cache
@@ -576,17 +592,39 @@ _OK = _StepOutcome(None, False)
 class _Execution(Generic[S]):
     """One saga instance being driven forward or backward by an orchestrator."""
 
+    __slots__ = (
+        "attempts",
+        "claim",
+        "compensated",
+        "decided",
+        "done",
+        "error",
+        "lock",
+        "log",
+        "now",
+        "orch",
+        "past_pivot",
+        "pending",
+        "saga",
+        "saga_id",
+        "stage",
+        "state",
+        "store",
+        "undo",
+        "version",
+    )
+
     def __init__(self, orch: Orchestrator, saga: Saga[S], saga_id: str, state: S) -> None:
         self.orch = orch
         self.store = orch.store
-        self.now = orch.clock.now
+        self.now = orch._now
         self.saga = saga
         self.saga_id = saga_id
         self.state = state
         self.claim: Claim | None = None
         self.version = 0
         self.log: list[SagaRecord] = []
-        self.pending: list[SagaRecord] = []
+        self.pending = JsonRecords()  # every record's data is built as JSON values here
         self.lock: asyncio.Lock | None = None
         self.stage = 0
         self.undo: dict[str, None] = {}  # compensatable steps to undo, in completion order
@@ -666,11 +704,13 @@ class _Execution(Generic[S]):
         self.pending.append(record)
         self.log.append(record)
 
-    async def flush(self) -> None:
+    def flush(self) -> Awaitable[None]:
         """Make every pending record durable (in one store write)."""
-        if self.lock is None:
-            await self._write()
-            return
+        # A plain function returning the coroutine: one frame less on the hot path.
+        return self._write() if self.lock is None else self._locked_write()
+
+    async def _locked_write(self) -> None:
+        assert self.lock is not None
         async with self.lock:
             await self._write()
 
@@ -680,7 +720,7 @@ class _Execution(Generic[S]):
         if self.claim is None:
             await self._create()
             return
-        records, self.pending = self.pending, []
+        records, self.pending = self.pending, JsonRecords()
         token = self.claim.fencing_token
         try:
             self.version = await self.store.append(
@@ -703,7 +743,7 @@ class _Execution(Generic[S]):
                     self.saga_id, rest, expected_version=self.version, fencing_token=token
                 )
 
-    async def _unwritten(self, records: list[SagaRecord]) -> list[SagaRecord]:
+    async def _unwritten(self, records: JsonRecords) -> JsonRecords:
         """After a version conflict: which of ``records`` an interrupted write did not store.
 
         Raises:
@@ -719,7 +759,7 @@ class _Execution(Generic[S]):
                 self.saga_id, expected_version=self.version, actual_version=log.version
             )
         self.version = log.version
-        return records[len(stored) :]
+        return JsonRecords(records[len(stored) :])
 
     def start(self) -> None:
         """Record the saga's start; it is created in the store with the first step's start."""
@@ -735,7 +775,7 @@ class _Execution(Generic[S]):
     async def _create(self) -> None:
         if self.version:  # created before, then the lease was lost
             raise FencedError(self.saga_id, fencing_token=-1, current_token=-1)
-        records, self.pending = self.pending, []
+        records, self.pending = self.pending, JsonRecords()
         self.claim = await self.store.create(
             self.saga_id, records, owner=self.orch.owner, lease=self.orch.lease
         )
@@ -778,7 +818,7 @@ class _Execution(Generic[S]):
 
     async def _forward_then_finish(self, deadline: float | None) -> SagaStatus:
         try:
-            failure = await self.forward(deadline)
+            failure = await (self._stages() if deadline is None else self.forward(deadline))
         except asyncio.CancelledError:
             cancelled = SagaCancelledError("the saga was cancelled", saga_id=self.saga_id)
             await _shielded(self.turn_back(_error_data(cancelled, None)))
@@ -806,11 +846,12 @@ class _Execution(Generic[S]):
 
     async def _stages(self) -> tuple[BaseException, str | None] | None:
         stages = self.saga.stages
+        plans = self.saga._plans
         while self.stage < len(stages):
             stage = stages[self.stage]
             if len(stage) == 1:
                 step = stage[0]
-                outcome = await self.run_step(step, self.saga.plan(step.name))
+                outcome = await self.run_step(step, plans[step.name])
                 if outcome.error is not None:
                     return outcome.error, step.name
             else:
@@ -870,11 +911,15 @@ class _Execution(Generic[S]):
         attempt = self.attempts.get(name, 0) + (0 if logged else 1)
         uncertain = False
         first_start = clock.monotonic()
+        log, now = self.log, self.now
         while True:
             if not logged:
                 self.attempts[name] = attempt
-                self.record(_STARTED, name, attempt)
-                await self.flush()
+                # record() and flush(), inlined: this runs for every step.
+                record = _new_record(SagaRecord, (_STARTED, name, attempt, now(), None))
+                self.pending.append(record)
+                log.append(record)
+                await (self._write() if self.lock is None else self._locked_write())
             logged = False
             if hooks.step_started:
                 fire(hooks.step_started, self.saga_id, name, attempt)
@@ -887,7 +932,10 @@ class _Execution(Generic[S]):
             )
             try:
                 if step.timeout is None:
-                    result = await _call(step.action, step.action_is_async, context)
+                    if step.action_is_async:
+                        result = await step.action(context)  # type: ignore[misc]
+                    else:
+                        result = await asyncio.to_thread(step.action, context)
                 else:
                     try:
                         async with clock.timeout(step.timeout):
@@ -927,7 +975,10 @@ class _Execution(Generic[S]):
                 await clock.sleep(policy.delay(attempt, orch.rng))
                 attempt += 1
                 continue
-            self.record(_COMPLETED, name, attempt, {"updates": updates} if updates else None)
+            data = {"updates": updates} if updates else None
+            record = _new_record(SagaRecord, (_COMPLETED, name, attempt, now(), data))
+            self.pending.append(record)
+            log.append(record)
             self._finish_step(step, completed=True, uncertain=False)
             if hooks.step_succeeded:
                 fire(hooks.step_succeeded, self.saga_id, name, attempt)
@@ -953,7 +1004,7 @@ class _Execution(Generic[S]):
         self.error = error
         if self.past_pivot:
             return await self.park(error)
-        self.record(RecordKind.SAGA_COMPENSATING, data={"error": error})
+        self.record(RecordKind.SAGA_COMPENSATING, data={"error": dict(error)})
         return await self.undo_all()
 
     async def undo_all(self) -> SagaStatus:
@@ -971,7 +1022,7 @@ class _Execution(Generic[S]):
     async def park(self, error: dict[str, str]) -> SagaStatus:
         """Park the saga as FAILED for an operator, and free it for them."""
         self.error = error
-        self.record(RecordKind.SAGA_FAILED, data={"error": error})
+        self.record(RecordKind.SAGA_FAILED, data={"error": dict(error)})
         await self.flush()
         if self.claim is not None:  # parking is rare: the extra write is cheap here
             await self.store.release(self.saga_id, fencing_token=self.claim.fencing_token)
@@ -998,8 +1049,11 @@ class _Execution(Generic[S]):
                 self.saga_id, self.saga.name, step.name, attempt, self.state, compensating=True
             )
             try:
-                async with clock.timeout(step.compensation_timeout):
+                if step.compensation_timeout is None:
                     result = await _call(step.compensate, step.compensate_is_async, context)
+                else:
+                    async with clock.timeout(step.compensation_timeout):
+                        result = await _call(step.compensate, step.compensate_is_async, context)
                 self.state, updates = apply_result(self.state, result)
             except Exception as exc:
                 elapsed = clock.monotonic() - first_start
@@ -1043,13 +1097,22 @@ async def _call(fn: Any, is_async: bool, context: StepContext[Any]) -> StepResul
     return await asyncio.to_thread(fn, context)
 
 
-async def _shielded(coro: Any) -> Any:
+async def _shielded(coro: Coroutine[Any, Any, T]) -> T:
     """Run ``coro`` to completion even if the calling task is cancelled meanwhile.
 
     Compensations must finish: a second cancellation while they run is absorbed
-    and re-raised once they are done.
+    and re-raised once they are done. The coroutine starts eagerly, in a copy of
+    the caller's context as a task would: when it finishes without suspending
+    (in-memory stores, quick compensations) no task is made, which saves two
+    trips through the event loop.
     """
-    task = asyncio.ensure_future(coro)
+    context = contextvars.copy_context()
+    try:
+        first = context.run(coro.send, None)
+    except StopIteration as stop:
+        result: T = stop.value
+        return result
+    task = asyncio.get_running_loop().create_task(_Resumed(coro, first).run(), context=context)
     cancelled = False
     while True:
         try:
@@ -1062,3 +1125,42 @@ async def _shielded(coro: Any) -> Any:
     if cancelled:
         raise asyncio.CancelledError
     return result
+
+
+class _Resumed:
+    """A started coroutine, continued where it suspended (what ``yield from`` does).
+
+    `_shielded` runs a coroutine's first step itself; if the coroutine then
+    suspends on ``first`` (a future, or ``None`` for a bare yield), a task takes
+    over through this object: it hands ``first`` to the task, then forwards
+    every value and exception the task sends into the coroutine.
+    """
+
+    __slots__ = ("coro", "first")
+
+    def __init__(self, coro: Coroutine[Any, Any, Any], first: Any) -> None:
+        self.coro = coro
+        self.first = first
+
+    async def run(self) -> Any:
+        return await self
+
+    def __await__(self) -> Generator[Any, Any, Any]:
+        coro, yielded = self.coro, self.first
+        self.first = None
+        while True:
+            try:
+                sent = yield yielded
+            except GeneratorExit:
+                coro.close()
+                raise
+            except BaseException as exc:  # forwarded into the coroutine, not handled
+                try:
+                    yielded = coro.throw(exc)
+                except StopIteration as stop:
+                    return stop.value
+            else:
+                try:
+                    yielded = coro.send(sent)
+                except StopIteration as stop:
+                    return stop.value

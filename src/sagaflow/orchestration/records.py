@@ -175,6 +175,19 @@ class SagaRecord(NamedTuple):
         )
 
 
+class JsonRecords(list[SagaRecord]):
+    """Records whose data sagaflow built itself as plain JSON values (internal).
+
+    The orchestrator hands its writes to the store in this list type: the data
+    came from ``model_dump(mode="json")``, ``to_jsonable_python`` and error
+    descriptions, and nothing mutates it afterwards, so an in-process store may
+    keep the records as they are instead of normalising a copy. Any other
+    sequence gets the full treatment.
+    """
+
+    __slots__ = ()
+
+
 @dataclass(frozen=True, slots=True)
 class SagaLog:
     """A saga instance as a store holds it: its id, records and bookkeeping.

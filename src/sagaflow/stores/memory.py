@@ -25,6 +25,7 @@ from sagaflow.errors import (
 )
 from sagaflow.orchestration.records import (
     Claim,
+    JsonRecords,
     SagaLog,
     SagaRecord,
     SagaStatus,
@@ -81,7 +82,7 @@ class MemorySagaStore:
         """Create a saga leased to ``owner`` (see `SagaStore.create`)."""
         self._check_open()
         check_create_records(records)
-        records = _as_stored(records)
+        records = records if type(records) is JsonRecords else _as_stored(records)
         if saga_id in self._sagas:
             raise SagaAlreadyExistsError(saga_id)
         self._seq += 1
@@ -107,22 +108,29 @@ class MemorySagaStore:
         fencing_token: int,
     ) -> int:
         """Append atomically with version and fencing checks (see `SagaStore.append`)."""
-        self._check_open()
-        records = _as_stored(records)
-        entry = self._entry(saga_id)
+        if self._closed:
+            raise StoreError("the store is closed")
+        if type(records) is not JsonRecords:  # the orchestrator's own are JSON already
+            records = _as_stored(records)
+        entry = self._sagas.get(saga_id)
+        if entry is None:
+            raise SagaNotFoundError(saga_id)
         if fencing_token != entry.token:
             raise FencedError(saga_id, fencing_token=fencing_token, current_token=entry.token)
-        version = len(entry.records)
+        stored = entry.records
+        version = len(stored)
         if expected_version != version:
             raise ConcurrencyError(
                 saga_id, expected_version=expected_version, actual_version=version
             )
         if not records:
             return version
-        entry.records.extend(records)
-        entry.status = status_after(entry.status, records)
-        if entry.status in _EVICTABLE:
-            self._note_finished(saga_id)
+        stored.extend(records)
+        status = status_after(entry.status, records)
+        if status is not entry.status:
+            entry.status = status
+            if status in _EVICTABLE:
+                self._note_finished(saga_id)
         entry.updated_at = records[-1].at
         self._seq += 1
         entry.touched = self._seq
