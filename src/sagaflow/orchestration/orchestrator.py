@@ -72,6 +72,8 @@ _new_record = tuple.__new__
 _STARTED = RecordKind.STEP_STARTED
 _COMPLETED = RecordKind.STEP_COMPLETED
 _FAILED = RecordKind.STEP_FAILED
+_COMPENSATABLE = StepKind.COMPENSATABLE
+_PIVOT = StepKind.PIVOT
 
 
 class Orchestrator:
@@ -109,7 +111,9 @@ class Orchestrator:
     ) -> None:
         self.clock: Clock = clock or SystemClock()
         # Records are stamped often: skip the method call for the real clock.
-        self._now = time.time if type(self.clock) is SystemClock else self.clock.now
+        real = type(self.clock) is SystemClock
+        self._now = time.time if real else self.clock.now
+        self._monotonic = time.monotonic if real else self.clock.monotonic
         if store is None:
             # Imported here: the stores package imports orchestration modules.
             from sagaflow.stores.memory import MemorySagaStore
@@ -768,7 +772,8 @@ class _Execution(Generic[S]):
             data={
                 "saga": self.saga.name,
                 "version": self.saga.version,
-                "state": self.state.model_dump(mode="json"),
+                # model_dump(mode="json") without its keyword plumbing
+                "state": self.state.__pydantic_serializer__.to_python(self.state, mode="json"),
             },
         )
 
@@ -910,7 +915,7 @@ class _Execution(Generic[S]):
         name = step.name
         attempt = self.attempts.get(name, 0) + (0 if logged else 1)
         uncertain = False
-        first_start = clock.monotonic()
+        first_start = orch._monotonic()
         log, now = self.log, self.now
         while True:
             if not logged:
@@ -957,7 +962,7 @@ class _Execution(Generic[S]):
                 raise
             except Exception as exc:
                 uncertain = uncertain or isinstance(exc, StepTimeoutError | SchemaError)
-                elapsed = clock.monotonic() - first_start
+                elapsed = orch._monotonic() - first_start
                 retry = not isinstance(exc, SchemaError) and policy.should_retry(
                     exc, attempt=attempt, elapsed=elapsed
                 )
@@ -979,7 +984,11 @@ class _Execution(Generic[S]):
             record = _new_record(SagaRecord, (_COMPLETED, name, attempt, now(), data))
             self.pending.append(record)
             log.append(record)
-            self._finish_step(step, completed=True, uncertain=False)
+            self.done.add(name)  # _finish_step(completed=True), inlined
+            if step.kind is _COMPENSATABLE:
+                self.undo.setdefault(name, None)
+            elif step.kind is _PIVOT:
+                self.past_pivot = True
             if hooks.step_succeeded:
                 fire(hooks.step_succeeded, self.saga_id, name, attempt)
             return _OK
