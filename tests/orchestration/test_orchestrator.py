@@ -307,6 +307,37 @@ async def test_a_compensation_failing_after_it_suspended_parks_the_saga():
     }
 
 
+async def test_a_timeout_inside_a_compensation_stays_inside_it():
+    # asyncio.timeout binds to the task current when it is entered: compensations
+    # must run in the task that also continues them, or the timeout would cancel
+    # the saga's caller instead of the compensation.
+    attempts = []
+
+    async def quick(ctx):
+        return None
+
+    async def slow_undo(ctx):
+        attempts.append(ctx.attempt)
+        async with asyncio.timeout(0.02):
+            await asyncio.sleep(0 if ctx.attempt > 1 else 5)
+
+    async def fail(ctx):
+        raise ValueError("no stock")
+
+    saga = Saga(
+        "s",
+        state=Order,
+        steps=[Step("a", quick, compensate=slow_undo), Step("b", fail, compensate=slow_undo)],
+        retry=RetryPolicy.no_retry(),
+        compensation_retry=RetryPolicy(max_attempts=2, initial_delay=0),
+    )
+    result = await asyncio.wait_for(Orchestrator().run(saga, {"order_id": "x"}), 5)
+    assert result.status is SagaStatus.COMPENSATED
+    assert attempts == [1, 2]
+    failed = [r for r in result.records if r.kind is RecordKind.COMPENSATION_FAILED]
+    assert [r.data["error"]["type"] for r in failed] == ["TimeoutError"]
+
+
 async def test_parallel_failure_cancels_siblings_and_compensates_done_and_unknown():
     gate = asyncio.Event()
     undone = []

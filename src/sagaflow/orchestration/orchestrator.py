@@ -13,14 +13,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import contextvars
 import functools
 import itertools
 import logging
 import random
+import sys
 import time
 import uuid
-from collections.abc import Awaitable, Coroutine, Generator, Mapping, Sequence
+from collections.abc import Awaitable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
@@ -1110,18 +1110,14 @@ async def _shielded(coro: Coroutine[Any, Any, T]) -> T:
     """Run ``coro`` to completion even if the calling task is cancelled meanwhile.
 
     Compensations must finish: a second cancellation while they run is absorbed
-    and re-raised once they are done. The coroutine starts eagerly, in a copy of
-    the caller's context as a task would: when it finishes without suspending
-    (in-memory stores, quick compensations) no task is made, which saves two
-    trips through the event loop.
+    and re-raised once they are done. They run in a task of their own, which is
+    what shields them; on Python 3.12+ the task starts eagerly, so compensations
+    that finish without suspending (in-memory stores, quick services) cost no
+    trip through the event loop.
     """
-    context = contextvars.copy_context()
-    try:
-        first = context.run(coro.send, None)
-    except StopIteration as stop:
-        result: T = stop.value
-        return result
-    task = asyncio.get_running_loop().create_task(_Resumed(coro, first).run(), context=context)
+    task = _start_task(coro)
+    if task.done():
+        return task.result()
     cancelled = False
     while True:
         try:
@@ -1136,40 +1132,13 @@ async def _shielded(coro: Coroutine[Any, Any, T]) -> T:
     return result
 
 
-class _Resumed:
-    """A started coroutine, continued where it suspended (what ``yield from`` does).
+def _start_task(coro: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
+    loop = asyncio.get_running_loop()
+    if _EAGER_TASKS:
+        # The task is current while its first step runs, so asyncio.timeout and
+        # current_task() inside a compensation see the task that continues it.
+        return asyncio.Task(coro, loop=loop, eager_start=True)  # type: ignore[call-arg,unused-ignore]
+    return loop.create_task(coro)
 
-    `_shielded` runs a coroutine's first step itself; if the coroutine then
-    suspends on ``first`` (a future, or ``None`` for a bare yield), a task takes
-    over through this object: it hands ``first`` to the task, then forwards
-    every value and exception the task sends into the coroutine.
-    """
 
-    __slots__ = ("coro", "first")
-
-    def __init__(self, coro: Coroutine[Any, Any, Any], first: Any) -> None:
-        self.coro = coro
-        self.first = first
-
-    async def run(self) -> Any:
-        return await self
-
-    def __await__(self) -> Generator[Any, Any, Any]:
-        coro, yielded = self.coro, self.first
-        self.first = None
-        while True:
-            try:
-                sent = yield yielded
-            except GeneratorExit:
-                coro.close()
-                raise
-            except BaseException as exc:  # forwarded into the coroutine, not handled
-                try:
-                    yielded = coro.throw(exc)
-                except StopIteration as stop:
-                    return stop.value
-            else:
-                try:
-                    yielded = coro.send(sent)
-                except StopIteration as stop:
-                    return stop.value
+_EAGER_TASKS = sys.version_info >= (3, 12)
