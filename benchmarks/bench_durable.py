@@ -8,10 +8,13 @@ For each store, in one run:
   over 16 connections;
 * **sagaflow**: the whole Orchestrator running the 4-step order saga (trivial
   async steps, hooks off) on `SQLiteSagaStore` / `PostgresSagaStore`,
-  sequential and 16 sagas at a time;
+  sequential and 16 sagas at a time; for SQLite also with the opt-in
+  ``inline=True`` (a call made while the store is idle runs on the event loop
+  thread, which it blocks during the commit: see docs/stores.md);
 * **DBOS** (PostgreSQL only, from the ``bench`` extra): its 4-step workflow.
 
-Run:  .venv/bin/python benchmarks/bench_durable.py [--quick] [--postgres URL]
+Run:  .venv/bin/python benchmarks/bench_durable.py [--quick] [--runs N] [--only sqlite|postgres]
+                                                 [--postgres URL]
 """
 
 from __future__ import annotations
@@ -134,21 +137,27 @@ def bench_sqlite(n: int, runs: int) -> None:
     from sagaflow.stores.sqlite import SQLiteSagaStore
 
     print(f"\nSQLite (WAL, synchronous=FULL), {n} sagas per run, medians of {runs}")
+    modes = {"sagaflow": False, "sagaflow inline=True": True}
     for label, concurrency in (("sequential", 1), (f"{CONCURRENCY} concurrent", CONCURRENCY)):
-        raws, ours = [], []
+        raws: list[float] = []
+        ours: dict[str, list[float]] = {name: [] for name in modes}
         for _ in range(runs):
             with tempfile.TemporaryDirectory() as directory:
                 raws.append(raw_sqlite_rate(Path(directory) / "raw.db", n, concurrency))
-                ours.append(
-                    asyncio.run(
-                        sagaflow_rate(
-                            lambda d=directory: SQLiteSagaStore(Path(d) / "sagas.db"),
-                            n,
-                            concurrency,
+                for name, inline in modes.items():
+                    path = Path(directory) / f"sagas-{inline}.db"
+                    ours[name].append(
+                        asyncio.run(
+                            sagaflow_rate(
+                                lambda p=path, i=inline: SQLiteSagaStore(p, inline=i),
+                                n,
+                                concurrency,
+                            )
                         )
                     )
-                )
-        report(label, {"raw 5 INSERT+commit": median(raws), "sagaflow": median(ours)})
+        figures: dict[str, float | None] = {"raw 5 INSERT+commit": median(raws)}
+        figures.update({name: median(rates) for name, rates in ours.items()})
+        report(label, figures)
 
 
 # -- PostgreSQL ---------------------------------------------------------------------
@@ -297,9 +306,10 @@ def main() -> None:
         ),
     )
     parser.add_argument("--only", choices=("sqlite", "postgres"))
+    parser.add_argument("--runs", type=int, help="runs per figure (default 3, 1 with --quick)")
     args = parser.parse_args()
     n = 200 if args.quick else 1000
-    runs = 1 if args.quick else 3
+    runs = args.runs or (1 if args.quick else 3)
     print(f"python {sys.version.split()[0]}")
     if args.only in (None, "sqlite"):
         bench_sqlite(n, runs)

@@ -144,7 +144,8 @@ def open_store(url: str, schema: str | None) -> SagaStore:
     if url.startswith("sqlite:///"):
         from sagaflow.stores.sqlite import SQLiteSagaStore
 
-        return SQLiteSagaStore(url.removeprefix("sqlite:///"))
+        path, _, query = url.removeprefix("sqlite:///").partition("?")
+        return SQLiteSagaStore(path, inline=query == "inline=1")
     from sagaflow.stores.postgres import PostgresSagaStore
 
     return PostgresSagaStore(url, schema=schema or "sagaflow")
@@ -156,12 +157,17 @@ async def run_batch(args: argparse.Namespace) -> None:
     store = open_store(args.store, args.schema)
     saga = order_saga(ledger)
     async with Orchestrator(KillingStore(store), lease=args.lease) as orchestrator:  # type: ignore[arg-type]
-        await asyncio.gather(
-            *(
-                orchestrator.run(saga, order, saga_id=order.order_id)
-                for order in orders(args.sagas, args.seed)
+        if args.store.endswith("?inline=1"):
+            # One saga at a time from one task: the store's calls run inline.
+            for order in orders(args.sagas, args.seed):
+                await orchestrator.run(saga, order, saga_id=order.order_id)
+        else:
+            await asyncio.gather(
+                *(
+                    orchestrator.run(saga, order, saga_id=order.order_id)
+                    for order in orders(args.sagas, args.seed)
+                )
             )
-        )
     await store.close()
     print(f"POINTS {POINTS['hit']}")
 

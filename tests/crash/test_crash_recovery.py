@@ -143,6 +143,19 @@ async def test_sigkill_at_random_points_sqlite(tmp_path):
     await run_crash_sweep(make_store, target, tmp_path)
 
 
+async def test_sigkill_at_random_points_sqlite_inline(tmp_path):
+    """The same with ``inline=True``: calls run on the event loop when the store is idle."""
+    from sagaflow.stores.sqlite import SQLiteSagaStore
+
+    def target(name):
+        return f"sqlite:///{tmp_path}/sagas-{name}.db?inline=1", None
+
+    def make_store(name):
+        return SQLiteSagaStore(tmp_path / f"sagas-{name}.db", inline=True)
+
+    await run_crash_sweep(make_store, target, tmp_path)
+
+
 async def test_sigkill_at_random_points_postgres(tmp_path, postgres_url):
     import psycopg
 

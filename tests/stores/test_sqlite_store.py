@@ -7,7 +7,10 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
+import threading
+import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -139,9 +142,10 @@ async def test_file_that_is_not_a_database_is_a_store_error(tmp_path: Path) -> N
     await store.close()
 
 
-async def test_locked_database_is_unavailable_then_recovers(tmp_path: Path) -> None:
+@pytest.mark.parametrize("inline", [False, True])
+async def test_locked_database_is_unavailable_then_recovers(tmp_path: Path, inline: bool) -> None:
     path = tmp_path / "s.db"
-    store = SQLiteSagaStore(path, busy_timeout=0.05)
+    store = SQLiteSagaStore(path, busy_timeout=0.05, inline=inline)
     await store.create("s1", _first(), owner="w", lease=10)
     blocker = sqlite3.connect(path, isolation_level=None)
     blocker.execute("BEGIN EXCLUSIVE")
@@ -189,7 +193,7 @@ _WRITER = textwrap.dedent(
     from sagaflow.stores import SQLiteSagaStore
 
     async def main() -> None:
-        store = SQLiteSagaStore(sys.argv[1], synchronous=sys.argv[2])
+        store = SQLiteSagaStore(sys.argv[1], synchronous=sys.argv[2], inline=sys.argv[3] == "1")
         first = [SagaRecord(RecordKind.SAGA_STARTED, data={"saga": "crash"})]
         await store.create("s", first, owner="w", lease=60)
         version = 1
@@ -203,10 +207,12 @@ _WRITER = textwrap.dedent(
 )
 
 
-def _write_until_killed(path: Path, count: int, synchronous: str) -> int:
+def _write_until_killed(path: Path, count: int, synchronous: str, inline: bool) -> int:
     """Run the writer in a subprocess, SIGKILL it after ``count`` acknowledged appends."""
     proc = subprocess.Popen(
-        [sys.executable, "-c", _WRITER, str(path), synchronous], stdout=subprocess.PIPE, text=True
+        [sys.executable, "-c", _WRITER, str(path), synchronous, "1" if inline else "0"],
+        stdout=subprocess.PIPE,
+        text=True,
     )
     assert proc.stdout is not None
     acknowledged = 0
@@ -220,10 +226,12 @@ def _write_until_killed(path: Path, count: int, synchronous: str) -> int:
     return acknowledged
 
 
-@pytest.mark.parametrize("synchronous", ["FULL", "NORMAL"])
-def test_acknowledged_writes_survive_kill_9(tmp_path: Path, synchronous: str) -> None:
+@pytest.mark.parametrize(
+    ("synchronous", "inline"), [("FULL", False), ("NORMAL", False), ("FULL", True)]
+)
+def test_acknowledged_writes_survive_kill_9(tmp_path: Path, synchronous: str, inline: bool) -> None:
     path = tmp_path / "crash.db"
-    acknowledged = _write_until_killed(path, 200, synchronous)
+    acknowledged = _write_until_killed(path, 200, synchronous, inline)
 
     async def check() -> None:
         store = SQLiteSagaStore(path)
@@ -235,13 +243,14 @@ def test_acknowledged_writes_survive_kill_9(tmp_path: Path, synchronous: str) ->
     asyncio.run(check())
 
 
-async def test_a_failing_call_alone_in_its_transaction_leaves_nothing(tmp_path) -> None:
-    """A call that fails after writing is rolled back, alone or batched with others."""
+@pytest.mark.parametrize("inline", [False, True])
+async def test_a_failing_call_alone_in_its_transaction_leaves_nothing(tmp_path, inline) -> None:
+    """A call that fails after writing is rolled back, alone (or inline) or batched with others."""
     import asyncio as _asyncio
 
     from sagaflow.stores.sqlite import SQLiteSagaStore
 
-    store = SQLiteSagaStore(tmp_path / "alone.db")
+    store = SQLiteSagaStore(tmp_path / "alone.db", inline=inline)
     await store.list_sagas()  # creates the schema
 
     def write_then_fail(conn):
@@ -265,3 +274,92 @@ async def test_a_failing_call_alone_in_its_transaction_leaves_nothing(tmp_path) 
     assert isinstance(results[0], Exception)
     assert await store._worker.run(count) == 0
     await store.close()
+
+
+# -- inline mode -----------------------------------------------------------------------
+
+
+async def test_inline_calls_run_on_the_event_loop_thread_only_when_idle(tmp_path: Path) -> None:
+    store = SQLiteSagaStore(tmp_path / "s.db", inline=True)
+    here = threading.get_ident()
+
+    def where(conn: sqlite3.Connection) -> int:
+        return threading.get_ident()
+
+    assert await store._worker.run(where) != here  # the first call opens the connection
+    assert await store._worker.run(where) == here  # same task, nothing in flight: inline
+    assert await store._worker.run(where) == here
+    # Calls from several tasks in turn are concurrent work: the thread commits them together.
+    threads = await asyncio.gather(*(store._worker.run(where) for _ in range(4)))
+    assert here not in threads
+    await store.close()
+    with pytest.raises(StoreError, match="closed"):
+        await store._worker.run(where)
+
+
+async def test_inline_call_does_not_overtake_a_call_on_the_thread(tmp_path: Path) -> None:
+    store = SQLiteSagaStore(tmp_path / "s.db", inline=True)
+    worker = store._worker
+    done: list[str] = []
+    await asyncio.create_task(worker.run(lambda conn: None))  # opens the connection
+    run_batch = worker._run_batch
+
+    def late_run_batch(batch: Any) -> None:
+        time.sleep(0.2)  # taken off the queue, connection still free
+        run_batch(batch)
+
+    worker._run_batch = late_run_batch  # type: ignore[method-assign]
+    me = asyncio.current_task()
+    assert me is not None
+    asyncio.get_running_loop().call_later(0.05, me.cancel)
+    with pytest.raises(asyncio.CancelledError):
+        await worker.run(lambda conn: done.append("first"))  # another task called last: thread
+    me.uncancel()
+    await worker.run(lambda conn: done.append("second"))  # would run inline: must queue
+    assert done == ["first", "second"]
+    await store.close()
+
+
+async def test_inline_call_never_waits_for_another_process_lock_on_the_loop(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "s.db"
+    store = SQLiteSagaStore(path, inline=True)
+    await store.create("s1", _first(), owner="w", lease=10)
+    blocker = sqlite3.connect(path, isolation_level=None)
+    blocker.execute("BEGIN IMMEDIATE")  # another process is writing
+
+    async def writer() -> int:
+        await store._worker.run(lambda conn: None, write=False)  # reads need no lock
+        # Same task, nothing in flight: tried inline, finds the lock taken, and
+        # waits for it on the thread rather than on the event loop.
+        return await store.append("s1", [_completed()], expected_version=2, fencing_token=1)
+
+    try:
+        append = asyncio.ensure_future(writer())
+        started = time.monotonic()
+        await asyncio.sleep(0.05)
+        assert time.monotonic() - started < 1.0  # the loop kept running
+        assert not append.done()
+    finally:
+        blocker.execute("ROLLBACK")
+        blocker.close()
+    assert await append == 3
+    assert (await store.load("s1")).version == 3
+    await store.close()
+
+
+async def test_inline_store_in_memory_and_reopened(tmp_path: Path) -> None:
+    memory = SQLiteSagaStore(":memory:", inline=True)
+    await memory.create("s1", _first(), owner="w", lease=10)
+    assert await memory.append("s1", [_completed()], expected_version=2, fencing_token=1) == 3
+    assert (await memory.load("s1")).version == 3
+    await memory.close()
+    path = tmp_path / "s.db"
+    store = SQLiteSagaStore(path, inline=True)
+    await store.create("s1", _first(), owner="w", lease=10)
+    await store.append("s1", [_completed()], expected_version=2, fencing_token=1)
+    await store.close()
+    again = SQLiteSagaStore(path)
+    assert (await again.load("s1")).version == 3
+    await again.close()

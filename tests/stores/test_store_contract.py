@@ -49,3 +49,11 @@ class TestPostgresStore(SagaStoreContract):
     async def dispose_store(self, store: SagaStore) -> None:
         await store.close()
         await drop_schema(self.url, store.schema)  # type: ignore[attr-defined]
+
+
+class TestSQLiteStoreInline(TestSQLiteStore):
+    """The same contract with ``inline=True`` (calls run on the event loop when idle)."""
+
+    async def make_store(self, clock: Clock) -> SagaStore:
+        self.count += 1
+        return SQLiteSagaStore(self.directory / f"sagas{self.count}.db", clock=clock, inline=True)

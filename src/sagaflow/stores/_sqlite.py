@@ -5,6 +5,12 @@ calls run on a dedicated thread; calls queued while it is busy run together in
 *one* transaction (each in its own savepoint) and are committed once, so that
 many concurrent writes cost one ``fsync``. Batches made only of reads run in a
 deferred transaction and never take the write lock.
+
+Opt-in ``inline`` mode: a call made while the worker has nothing queued or
+running, by the same task as the previous call, runs right away on the calling
+(event loop) thread, sparing the two thread hand-offs; it blocks that thread
+for the transaction, ``fsync`` included. Calls from several tasks in turn still
+go to the thread and commit together.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ import os
 import queue
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -29,6 +36,11 @@ from sagaflow.errors import (
 Op = Callable[[sqlite3.Connection], Any]
 Setup = Callable[[sqlite3.Connection], None]
 _Outcome = tuple["_Job", Any, BaseException | None]
+
+_SQLITE_BUSY = 5
+# Inline calls hand control back to the event loop at least this often (seconds),
+# so that a run of them cannot starve other tasks.
+_INLINE_YIELD_EVERY = 0.001
 
 
 @dataclass(slots=True)
@@ -76,6 +88,11 @@ class SQLiteWorker:
         name: Thread name.
         foreign_keys: Enforce foreign keys on the connection.
         closed_message: Message of the `StoreError` raised by `run` after `close`.
+        inline: Run a call on the caller's thread when nothing else is queued
+            or running (see the module docstring). The connection then rests
+            with no busy timeout, so that an inline call never waits for
+            another process's lock: it goes to the thread instead, which waits
+            up to ``busy_timeout``.
     """
 
     def __init__(
@@ -90,6 +107,7 @@ class SQLiteWorker:
         name: str = "sagaflow-sqlite",
         foreign_keys: bool = False,
         closed_message: str = "the SQLite connection is closed",
+        inline: bool = False,
     ) -> None:
         if synchronous not in ("FULL", "NORMAL"):
             raise ConfigurationError(f"synchronous must be 'FULL' or 'NORMAL', not {synchronous!r}")
@@ -107,6 +125,15 @@ class SQLiteWorker:
         self._conn: sqlite3.Connection | None = None
         self._closed = False
         self._stopped = threading.Event()
+        self._inline = inline
+        # Held by whoever runs a transaction: the thread, or a caller running inline.
+        self._conn_lock = threading.Lock()
+        # Calls handed to the thread and not yet finished (counted in inline mode
+        # only): an inline call must not overtake them.
+        self._unfinished = 0
+        self._count_lock = threading.Lock()
+        self._last_yield = 0.0
+        self._last_task = 0  # id() of the task that made the latest call
 
     async def run(self, op: Op, *, write: bool = True) -> Any:
         """Run ``op(conn)`` in the worker's transaction and return its result.
@@ -117,6 +144,23 @@ class SQLiteWorker:
         """
         if self._closed:
             raise StoreError(self._closed_message)
+        if self._inline:
+            # Only a call from the task that made the previous call runs inline:
+            # calls from several tasks in turn are concurrent work, which the
+            # thread commits together (and an inline call would keep from queueing).
+            task = id(asyncio.current_task())
+            same_task, self._last_task = task == self._last_task, task
+            done, result = self._try_inline(op, write) if same_task else (False, None)
+            if done:
+                now = time.monotonic()
+                if now - self._last_yield >= _INLINE_YIELD_EVERY:
+                    self._last_yield = now
+                    await asyncio.sleep(0)
+                if isinstance(result, _Failed):
+                    raise result.error
+                return result
+            with self._count_lock:
+                self._unfinished += 1
         if self._thread is None:
             self._thread = threading.Thread(target=self._loop, name=self._name, daemon=True)
             self._thread.start()
@@ -130,10 +174,52 @@ class SQLiteWorker:
         if not self._closed:
             self._closed = True
             if self._thread is None:
-                return
+                return  # never used: no connection (only the thread opens it)
             self._queue.put(None)
         if self._thread is not None:
             await asyncio.to_thread(self._stopped.wait)
+
+    # -- inline calls (caller's thread) ----------------------------------------------------
+
+    def _try_inline(self, op: Op, write: bool) -> tuple[bool, Any]:
+        """Run ``op`` now if the worker is idle; ``(False, None)`` if it must queue.
+
+        Returns ``(True, result)``, the result wrapped in `_Failed` when the call
+        failed. A call that finds the database locked by another connection is
+        rolled back and left to the thread, which runs ``op`` again.
+        """
+        with self._count_lock:
+            if self._unfinished:
+                return False, None  # FIFO: calls already handed to the thread go first
+        if not self._conn_lock.acquire(blocking=False):
+            return False, None
+        try:
+            conn = self._conn
+            if conn is None:
+                # The first call opens the connection and creates the schema on
+                # the thread: it may wait for another process's lock.
+                return False, None
+            try:
+                conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+                try:
+                    result, error = self._run_alone(conn, op)
+                    conn.execute("COMMIT")
+                except BaseException:
+                    rollback(conn)
+                    raise
+            except sqlite3.OperationalError as exc:
+                if getattr(exc, "sqlite_errorcode", 0) & 0xFF == _SQLITE_BUSY:
+                    # Another connection holds the lock; nothing was written. The
+                    # thread waits for it, up to busy_timeout.
+                    return False, None
+                return True, _Failed(map_error(exc))
+            except Exception as exc:
+                return True, _Failed(map_error(exc))
+            if error is not None:
+                return True, _Failed(error)
+            return True, result
+        finally:
+            self._conn_lock.release()
 
     # -- the thread ----------------------------------------------------------------------
 
@@ -146,9 +232,14 @@ class SQLiteWorker:
                 if stop:
                     return
         finally:
+            self._close_connection()
+            self._stopped.set()
+
+    def _close_connection(self) -> None:
+        with self._conn_lock:
             if self._conn is not None:
                 self._conn.close()
-            self._stopped.set()
+                self._conn = None
 
     def _next_batch(self) -> tuple[list[_Job], bool]:
         first = self._queue.get()
@@ -166,40 +257,61 @@ class SQLiteWorker:
         return batch, False
 
     def _run_batch(self, batch: list[_Job]) -> None:
+        with self._conn_lock:
+            outcomes = self._transact(batch)
+        if self._inline:
+            with self._count_lock:
+                self._unfinished -= len(batch)
+        _settle_all(outcomes)
+
+    def _transact(self, batch: list[_Job]) -> list[_Outcome]:
         try:
             conn = self._connection()
-            # Reads alone need no write lock: the application keeps writing meanwhile.
-            conn.execute("BEGIN IMMEDIATE" if any(j.write for j in batch) else "BEGIN")
+            if self._inline:  # at rest the connection never waits (see `inline`)
+                conn.execute(f"PRAGMA busy_timeout = {self._busy_timeout_ms}")
             try:
-                if len(batch) == 1:  # alone in its transaction: no savepoint needed
-                    outcomes = [self._run_alone(conn, batch[0])]
-                else:
-                    outcomes = [self._run_one(conn, job) for job in batch]
-                conn.execute("COMMIT")
-            except BaseException:
-                rollback(conn)
-                raise
+                # Reads alone need no write lock: the application keeps writing meanwhile.
+                conn.execute("BEGIN IMMEDIATE" if any(j.write for j in batch) else "BEGIN")
+                try:
+                    if len(batch) == 1:  # alone in its transaction: no savepoint needed
+                        job = batch[0]
+                        result, error = self._run_alone(conn, job.op)
+                        outcomes = [(job, result, error)]
+                    else:
+                        outcomes = [self._run_one(conn, job) for job in batch]
+                    conn.execute("COMMIT")
+                except BaseException:
+                    rollback(conn)
+                    raise
+            finally:
+                if self._inline:
+                    with contextlib.suppress(sqlite3.Error):
+                        conn.execute("PRAGMA busy_timeout = 0")
         except Exception as exc:  # the transaction itself failed: nothing was written
             error = map_error(exc)
             outcomes = [(job, None, error) for job in batch]
-        _settle_all(outcomes)
+        return outcomes
+
+    @property
+    def _busy_timeout_ms(self) -> int:
+        return int(self._busy_timeout * 1000)
 
     @staticmethod
-    def _run_alone(conn: sqlite3.Connection, job: _Job) -> _Outcome:
-        """Run the only job of a transaction: its failure rolls the transaction back.
+    def _run_alone(conn: sqlite3.Connection, op: Op) -> tuple[Any, BaseException | None]:
+        """Run the only call of a transaction: its failure rolls the transaction back.
 
         Two statements (SAVEPOINT, RELEASE) fewer than `_run_one` on the common
-        sequential path.
+        sequential path. Returns ``(result, error)``.
         """
         try:
-            result = job.op(conn)
+            result = op(conn)
         except Exception as exc:
             if isinstance(exc, sqlite3.Error) and is_fatal(exc):
                 raise  # handled by the caller, like any failure of the transaction
             rollback(conn)
             conn.execute("BEGIN")  # so that the caller's COMMIT ends an empty transaction
-            return job, None, map_error(exc)
-        return job, result, None
+            return None, map_error(exc)
+        return result, None
 
     @staticmethod
     def _run_one(conn: sqlite3.Connection, job: _Job) -> _Outcome:
@@ -232,11 +344,20 @@ class SQLiteWorker:
                 except BaseException:
                     rollback(conn)
                     raise
+                if self._inline:
+                    conn.execute("PRAGMA busy_timeout = 0")
             except BaseException:
                 conn.close()
                 raise
             self._conn = conn
         return self._conn
+
+
+@dataclass(slots=True)
+class _Failed:
+    """The error of an inline call (a result may itself be an exception object)."""
+
+    error: BaseException
 
 
 def rollback(conn: sqlite3.Connection) -> None:

@@ -75,6 +75,15 @@ class SQLiteSagaStore:
             failing with `StoreUnavailableError`.
         table_prefix: Prefix of the store's table names.
         max_batch: Most calls committed together in one transaction.
+        inline: Opt-in. When no other call is queued or running, run the call's
+            transaction right away on the event loop thread instead of handing
+            it to the store's thread and back: a sequence of writes made one at
+            a time runs faster (the two thread hand-offs cost about as much as
+            the SQL), but the event loop is blocked during each such
+            transaction, ``fsync`` and the occasional WAL checkpoint included.
+            Calls made while others are in flight still go to the thread and
+            commit together; an inline call never waits for another process's
+            lock (it goes to the thread instead). Durability is unchanged.
     """
 
     def __init__(
@@ -86,6 +95,7 @@ class SQLiteSagaStore:
         busy_timeout: float = 5.0,
         table_prefix: str = "sagaflow_",
         max_batch: int = 512,
+        inline: bool = False,
     ) -> None:
         self._path = os.fspath(path)
         self._clock = clock or SystemClock()
@@ -100,6 +110,7 @@ class SQLiteSagaStore:
             name=f"sagaflow-sqlite:{self._path}",
             foreign_keys=True,
             closed_message="the store is closed",
+            inline=inline,
         )
 
     def __repr__(self) -> str:
