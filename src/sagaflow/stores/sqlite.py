@@ -75,15 +75,16 @@ class SQLiteSagaStore:
             failing with `StoreUnavailableError`.
         table_prefix: Prefix of the store's table names.
         max_batch: Most calls committed together in one transaction.
-        inline: Opt-in. When no other call is queued or running, run the call's
-            transaction right away on the event loop thread instead of handing
-            it to the store's thread and back: a sequence of writes made one at
-            a time runs faster (the two thread hand-offs cost about as much as
-            the SQL), but the event loop is blocked during each such
-            transaction, ``fsync`` and the occasional WAL checkpoint included.
-            Calls made while others are in flight still go to the thread and
-            commit together; an inline call never waits for another process's
-            lock (it goes to the thread instead). Durability is unchanged.
+        inline: Opt-in. When no other call is queued or running and the call
+            comes from the same task as the previous one, run its transaction
+            right away on the event loop thread instead of handing it to the
+            store's thread and back: writes made one at a time run faster (the
+            two thread hand-offs cost about as much as the SQL), but the event
+            loop is blocked during each such transaction, ``fsync`` and the
+            occasional WAL checkpoint included. Calls from several tasks in
+            turn still go to the thread and commit together; an inline call
+            never waits for another process's lock (it goes to the thread
+            instead). Durability is unchanged.
     """
 
     def __init__(
