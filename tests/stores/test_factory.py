@@ -43,6 +43,31 @@ async def test_sqlite_url_passes_options(tmp_path: Path) -> None:
     await store.close()
 
 
+async def test_sqlite_url_query_options(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/s.db?inline=1&synchronous=normal&busy_timeout=2.5&table_prefix=x_"
+    store = open_store(url)
+    assert isinstance(store, SQLiteSagaStore)
+    assert store.path == f"{tmp_path}/s.db"
+    worker = store._worker
+    assert (worker._inline, worker._synchronous, worker._busy_timeout) == (True, "NORMAL", 2.5)
+    assert store._prefix == "x_"
+    await store.list_sagas()
+    await store.close()
+    # A keyword given to open_store wins over the URL.
+    explicit = open_store("sqlite://:memory:?inline=true", inline=False)
+    assert isinstance(explicit, SQLiteSagaStore)
+    assert explicit._worker._inline is False
+    await explicit.close()
+
+
+@pytest.mark.parametrize(
+    "query", ["inline=maybe", "synchronous=OFF", "busy_timeout=soon", "journal=delete"]
+)
+def test_unknown_sqlite_url_options_are_refused(query: str) -> None:
+    with pytest.raises(ConfigurationError, match="not understood"):
+        open_store(f"sqlite:///s.db?{query}")
+
+
 async def test_postgres_url_with_schema() -> None:
     store = open_store("postgresql://u:secret@db.example:5432/app?schema=orders&sslmode=prefer")
     assert isinstance(store, PostgresSagaStore)

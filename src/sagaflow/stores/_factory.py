@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import importlib
 from typing import Any
-from urllib.parse import unquote, urlsplit
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 from sagaflow.clock import Clock
 from sagaflow.errors import ConfigurationError
@@ -25,7 +25,9 @@ def open_store(url: str, *, clock: Clock | None = None, **options: Any) -> SagaS
     * ``sqlite:///relative/or/absolute.db`` — a `SQLiteSagaStore` on that file
       (``sqlite:////abs/path.db`` and ``sqlite:///rel.db`` follow SQLAlchemy's
       convention: the path is everything after ``sqlite:///``), or
-      ``sqlite://:memory:`` for a throwaway database.
+      ``sqlite://:memory:`` for a throwaway database. Query options:
+      ``inline=1`` (see `SQLiteSagaStore`), ``synchronous=NORMAL``,
+      ``busy_timeout=<seconds>``, ``table_prefix=<name>``.
     * ``postgresql://user:password@host:port/db`` (or ``postgres://``) — a
       `PostgresSagaStore`; add ``?schema=name`` to choose its schema. Needs the
       ``postgres`` extra.
@@ -57,17 +59,43 @@ def open_store(url: str, *, clock: Clock | None = None, **options: Any) -> SagaS
 
 
 def _sqlite(rest: str, clock: Clock | None, options: dict[str, Any]) -> SagaStore:
-    if rest == ":memory:":
+    location, _, query = rest.partition("?")
+    if location == ":memory:":
         path = ":memory:"
-    elif rest.startswith("/") and len(rest) > 1:
-        path = unquote(rest[1:].split("?", 1)[0])
+    elif location.startswith("/") and len(location) > 1:
+        path = unquote(location[1:])
     else:
         raise ConfigurationError(
             f"SQLite URL needs a path: sqlite:///file.db or sqlite://:memory:, got sqlite://{rest}"
         )
+    for key, value in parse_qsl(query, keep_blank_values=True):
+        options.setdefault(key, _sqlite_option(key, value))
     module = importlib.import_module("sagaflow.stores.sqlite")
     store: SagaStore = module.SQLiteSagaStore(path, clock=clock, **options)
     return store
+
+
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off")
+
+
+def _sqlite_option(key: str, value: str) -> Any:
+    """Convert one ``?key=value`` of a SQLite URL to the store's keyword argument."""
+    if key == "inline" and value.lower() in (*_TRUE, *_FALSE):
+        return value.lower() in _TRUE
+    if key == "synchronous" and value.upper() in ("FULL", "NORMAL"):
+        return value.upper()
+    if key == "busy_timeout":
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    if key == "table_prefix":
+        return value
+    raise ConfigurationError(
+        f"SQLite URL option {key}={value!r} is not understood; use inline=1|0, "
+        "synchronous=FULL|NORMAL, busy_timeout=<seconds> or table_prefix=<name>"
+    )
 
 
 def _postgres(url: str, clock: Clock | None, options: dict[str, Any]) -> SagaStore:
