@@ -52,6 +52,26 @@ class Services:
         return run
 
 
+async def nothing(ctx):
+    return None
+
+
+def raising(kind: type[Exception], message: str):
+    """A step action that raises ``kind(message)`` on every attempt."""
+
+    async def action(ctx):
+        raise kind(message)
+
+    return action
+
+
+async def turned_back_on(store, saga_id):
+    """Check the saga ended COMPENSATED; return the error it turned back on."""
+    log = await store.load(saga_id)
+    assert log.status is SagaStatus.COMPENSATED
+    return next(r for r in log.records if r.kind is RecordKind.SAGA_COMPENSATING).data["error"]
+
+
 def order_saga(svc, **kw):
     return Saga(
         "order",
@@ -158,9 +178,6 @@ async def test_step_timeout_counts_as_uncertain_and_is_compensated():
     async def undo(ctx):
         undone.append(ctx.step)
 
-    async def fail(ctx):
-        raise RuntimeError("boom")
-
     saga = Saga(
         "s",
         state=Order,
@@ -174,15 +191,11 @@ async def test_step_timeout_counts_as_uncertain_and_is_compensated():
     assert undone == ["slow"]
     failed = next(r for r in result.records if r.kind is RecordKind.STEP_FAILED)
     assert failed.data["uncertain"] is True
-    del fail
 
 
 async def test_saga_deadline_turns_back():
     clock = FakeClock(auto_advance=True)
     undone = []
-
-    async def quick(ctx):
-        return None
 
     async def undo(ctx):
         undone.append(ctx.step)
@@ -194,7 +207,7 @@ async def test_saga_deadline_turns_back():
         "s",
         state=Order,
         deadline=30,
-        steps=[Step("a", quick, compensate=undo), Step("b", hang, compensate=undo)],
+        steps=[Step("a", nothing, compensate=undo), Step("b", hang, compensate=undo)],
     )
     result = await Orchestrator(clock=clock).run(saga, {"order_id": "x"})
     assert result.status is SagaStatus.COMPENSATED
@@ -206,9 +219,6 @@ async def test_saga_deadline_turns_back():
 async def test_cancellation_runs_compensations_shielded():
     started = asyncio.Event()
     undone = []
-
-    async def quick(ctx):
-        return None
 
     async def undo(ctx):
         await asyncio.sleep(0.01)  # compensations keep running despite the cancel
@@ -222,7 +232,7 @@ async def test_cancellation_runs_compensations_shielded():
     saga = Saga(
         "s",
         state=Order,
-        steps=[Step("a", quick, compensate=undo), Step("b", hang, compensate=undo)],
+        steps=[Step("a", nothing, compensate=undo), Step("b", hang, compensate=undo)],
     )
     task = asyncio.ensure_future(Orchestrator(store).run(saga, {"order_id": "x"}, saga_id="c1"))
     await started.wait()
@@ -230,18 +240,12 @@ async def test_cancellation_runs_compensations_shielded():
     with pytest.raises(asyncio.CancelledError):
         await task
     assert undone == ["b", "a"]
-    log = await store.load("c1")
-    assert log.status is SagaStatus.COMPENSATED
-    compensating = next(r for r in log.records if r.kind is RecordKind.SAGA_COMPENSATING)
-    assert compensating.data["error"]["type"] == "SagaCancelledError"
+    assert (await turned_back_on(store, "c1"))["type"] == "SagaCancelledError"
 
 
 async def test_cancelling_again_while_compensations_suspend_does_not_stop_them():
     in_undo = asyncio.Event()
     undone = []
-
-    async def quick(ctx):
-        return None
 
     async def undo(ctx):
         in_undo.set()
@@ -249,17 +253,14 @@ async def test_cancelling_again_while_compensations_suspend_does_not_stop_them()
         await asyncio.sleep(0.01)
         undone.append(ctx.step)
 
-    async def fail(ctx):
-        raise ValueError("card declined")
-
     store = MemorySagaStore()
     saga = Saga(
         "s",
         state=Order,
         steps=[
-            Step("a", quick, compensate=undo),
-            Step("b", quick, compensate=undo),
-            Step("c", fail, compensate=undo),
+            Step("a", nothing, compensate=undo),
+            Step("b", nothing, compensate=undo),
+            Step("c", raising(ValueError, "card declined"), compensate=undo),
         ],
         retry=RetryPolicy.no_retry(),
     )
@@ -271,29 +272,20 @@ async def test_cancelling_again_while_compensations_suspend_does_not_stop_them()
     with pytest.raises(asyncio.CancelledError):
         await task
     assert undone == ["b", "a"]
-    log = await store.load("c2")
-    assert log.status is SagaStatus.COMPENSATED
-    compensating = next(r for r in log.records if r.kind is RecordKind.SAGA_COMPENSATING)
-    assert compensating.data["error"]["message"] == "card declined"
+    assert (await turned_back_on(store, "c2"))["message"] == "card declined"
 
 
 async def test_a_compensation_failing_after_it_suspended_parks_the_saga():
-    async def quick(ctx):
-        return None
-
     async def undo_later_fails(ctx):
         await asyncio.sleep(0)
         raise RuntimeError("refund service down")
-
-    async def fail(ctx):
-        raise ValueError("no stock")
 
     saga = Saga(
         "s",
         state=Order,
         steps=[
-            Step("a", quick, compensate=undo_later_fails),
-            Step("b", fail, compensate=undo_later_fails),
+            Step("a", nothing, compensate=undo_later_fails),
+            Step("b", raising(ValueError, "no stock"), compensate=undo_later_fails),
         ],
         retry=RetryPolicy.no_retry(),
         compensation_retry=RetryPolicy.no_retry(),
@@ -313,21 +305,18 @@ async def test_a_timeout_inside_a_compensation_stays_inside_it():
     # the saga's caller instead of the compensation.
     attempts = []
 
-    async def quick(ctx):
-        return None
-
     async def slow_undo(ctx):
         attempts.append(ctx.attempt)
         async with asyncio.timeout(0.02):
             await asyncio.sleep(0 if ctx.attempt > 1 else 5)
 
-    async def fail(ctx):
-        raise ValueError("no stock")
-
     saga = Saga(
         "s",
         state=Order,
-        steps=[Step("a", quick, compensate=slow_undo), Step("b", fail, compensate=slow_undo)],
+        steps=[
+            Step("a", nothing, compensate=slow_undo),
+            Step("b", raising(ValueError, "no stock"), compensate=slow_undo),
+        ],
         retry=RetryPolicy.no_retry(),
         compensation_retry=RetryPolicy(max_attempts=2, initial_delay=0),
     )
