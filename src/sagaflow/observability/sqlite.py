@@ -14,23 +14,24 @@ import threading
 from collections.abc import Sequence
 
 from sagaflow.observability.journal import COLUMNS, FlowSummary, JournalEntry
+from sagaflow.stores._sqlite import connect, rollback
 
 __all__ = ["SqliteJournal"]
 
 TABLE = "sagaflow_journal"
 
-_SCHEMA = f"""
-CREATE TABLE IF NOT EXISTS {TABLE} (
+_SCHEMA = (
+    f"""CREATE TABLE IF NOT EXISTS {TABLE} (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
     correlation_id TEXT NOT NULL, kind TEXT NOT NULL, at REAL NOT NULL,
     service TEXT NOT NULL, event_id TEXT, event_type TEXT, causation_id TEXT,
     grp TEXT, step TEXT, attempt INTEGER NOT NULL, attempts INTEGER NOT NULL,
     duration REAL, outcome TEXT, error_type TEXT, error_message TEXT, detail TEXT
-);
-CREATE INDEX IF NOT EXISTS {TABLE}_flow ON {TABLE} (correlation_id, at);
-CREATE INDEX IF NOT EXISTS {TABLE}_at ON {TABLE} (at);
-CREATE INDEX IF NOT EXISTS {TABLE}_type ON {TABLE} (event_type, at) WHERE kind = 'publish';
-"""
+)""",
+    f"CREATE INDEX IF NOT EXISTS {TABLE}_flow ON {TABLE} (correlation_id, at)",
+    f"CREATE INDEX IF NOT EXISTS {TABLE}_at ON {TABLE} (at)",
+    f"CREATE INDEX IF NOT EXISTS {TABLE}_type ON {TABLE} (event_type, at) WHERE kind = 'publish'",
+)
 
 # "group" is an SQL keyword: the column is "grp".
 _SQL_COLUMNS = ", ".join("grp" if name == "group" else name for name in COLUMNS)
@@ -67,13 +68,25 @@ class SqliteJournal:
 
     def _connection(self) -> sqlite3.Connection:
         if self._conn is None:
-            conn = sqlite3.connect(
-                self.path, timeout=self.busy_timeout, check_same_thread=False, isolation_level=None
-            )
-            conn.execute("PRAGMA journal_mode=WAL")
             # The journal is diagnostics: losing the last batch on power loss is fine.
-            conn.execute("PRAGMA synchronous=NORMAL")
-            conn.executescript(_SCHEMA)
+            conn = connect(
+                self.path, busy_timeout=self.busy_timeout, synchronous="NORMAL", wal=True
+            )
+            try:
+                # Under the write lock from the start: a schema created in autocommit
+                # mode reads first and fails at once ("database is locked", no busy
+                # wait) when another process creates it at the same moment.
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    for statement in _SCHEMA:
+                        conn.execute(statement)
+                    conn.execute("COMMIT")
+                except BaseException:
+                    rollback(conn)
+                    raise
+            except BaseException:
+                conn.close()
+                raise
             self._conn = conn
         return self._conn
 
