@@ -12,7 +12,7 @@ connections for raw sqlite3). Figures are medians of several runs.
 
 Run:
     .venv/bin/python benchmarks/bench_stores.py                 # SQLite + PostgreSQL
-    .venv/bin/python benchmarks/bench_stores.py --only sqlite --runs 5
+    .venv/bin/python benchmarks/bench_stores.py --only sqlite --runs 5 [--inline]
     .venv/bin/python benchmarks/bench_stores.py --postgres postgresql://postgres@127.0.0.1:5432/test
 """
 
@@ -120,10 +120,12 @@ def _sqlite_raw_run(path: Path, sagas: int, concurrency: int, synchronous: str) 
     return sagas / (time.perf_counter() - started)
 
 
-async def _sqlite_store_run(path: Path, sagas: int, concurrency: int, synchronous: str) -> float:
+async def _sqlite_store_run(
+    path: Path, sagas: int, concurrency: int, synchronous: str, inline: bool
+) -> float:
     from sagaflow.stores import SQLiteSagaStore
 
-    store = SQLiteSagaStore(path, synchronous=synchronous)  # type: ignore[arg-type]
+    store = SQLiteSagaStore(path, synchronous=synchronous, inline=inline)  # type: ignore[arg-type]
     try:
         await store.list_sagas(limit=1)  # open and create the schema outside the timing
         return await _store_run(store, sagas, concurrency)
@@ -217,10 +219,10 @@ async def _bench_sqlite(args: argparse.Namespace) -> None:
 
             async def store(c: int = concurrency, s: int = sagas) -> float:
                 path = directory / f"store{uuid.uuid4().hex}.db"
-                return await _sqlite_store_run(path, s, c, args.synchronous)
+                return await _sqlite_store_run(path, s, c, args.synchronous, args.inline)
 
             raw_rate, store_rate = await _medians(args.runs, raw, store)
-            _row("sqlite", mode, store_rate, raw_rate)
+            _row("sqlite" + (" inl" if args.inline else ""), mode, store_rate, raw_rate)
             for name in os.listdir(directory):
                 (directory / name).unlink()
 
@@ -248,6 +250,9 @@ async def main() -> None:
     parser.add_argument("--runs", type=int, default=5, help="timed runs per figure (median)")
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--synchronous", choices=["FULL", "NORMAL"], default="FULL")
+    parser.add_argument(
+        "--inline", action="store_true", help="SQLiteSagaStore(inline=True): commit on the loop"
+    )
     parser.add_argument("--sqlite-dir", default=None, help="directory for the SQLite files")
     parser.add_argument(
         "--postgres",

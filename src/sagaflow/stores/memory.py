@@ -5,6 +5,10 @@ It keeps logs in a dict and enforces every rule the durable stores enforce
 behaves the same on SQLite or PostgreSQL. Like them it keeps record data as
 JSON values (a ``datetime`` comes back as an ISO string, a tuple as a list) and
 refuses data that has no JSON form. Nothing survives the process.
+
+Unlike them it hands out the stored records themselves, not copies: the
+records of a `load` (and of an orchestrator's `SagaResult`) are immutable, but
+their ``data`` dicts are shared with the store, so treat them as read-only.
 """
 
 from __future__ import annotations
