@@ -16,7 +16,7 @@ Measured:
 * failure path: step 3 fails, two compensations run;
 * peak memory (tracemalloc) with 10,000 sagas in flight.
 
-Run:  .venv/bin/python benchmarks/bench_orchestrator.py [--quick]
+Run:  .venv/bin/python benchmarks/bench_orchestrator.py [--quick] [--max-finished N|none]
 (python-cqrs comes with ``pip install -e ".[bench]"``; without it that column is skipped.)
 """
 
@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from pydantic import BaseModel
 
 from sagaflow import Orchestrator, RetryPolicy, Saga, SagaHooks, SagaStatus, Step, StepKind
+from sagaflow.stores import MemorySagaStore
 
 
 class OrderState(BaseModel):
@@ -98,8 +99,12 @@ class CountingHooks(SagaHooks):
         self.sagas += 1
 
 
+# MemorySagaStore options (--max-finished); empty: the library's defaults.
+STORE_OPTIONS: dict[str, int | None] = {}
+
+
 def make_sagaflow(fail: bool) -> Callable[[], Awaitable[object]]:
-    orchestrator = Orchestrator(hooks=[CountingHooks()])
+    orchestrator = Orchestrator(MemorySagaStore(**STORE_OPTIONS), hooks=[CountingHooks()])
     saga = sagaflow_saga(fail)
     expected = SagaStatus.COMPENSATED if fail else SagaStatus.COMPLETED
 
@@ -431,8 +436,16 @@ def report(title: str, figures: dict[str, float | None]) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true", help="fewer sagas, for a smoke run")
+    parser.add_argument(
+        "--max-finished",
+        type=lambda value: None if value == "none" else int(value),
+        default=argparse.SUPPRESS,
+        help="finished sagas MemorySagaStore keeps (default: its own; 'none' keeps all)",
+    )
     args = parser.parse_args()
     runs = 3 if args.quick else 5
+    if hasattr(args, "max_finished"):
+        STORE_OPTIONS["max_finished"] = args.max_finished
     n = 2_000 if args.quick else 20_000
     batches = 2 if args.quick else 10
     makers = {

@@ -65,8 +65,9 @@ class MemorySagaStore:
     The default keeps the last 1,000 finished sagas: enough to inspect what a
     test or a burst just ran, while a busy process does not pay for more. Every
     kept saga is a few dozen objects that Python's garbage collector walks on
-    each full collection; measured with ``benchmarks/bench_orchestrator.py``,
-    keeping 10,000 made every saga about 20% slower than keeping 1,000.
+    each full collection: on the development machine, keeping 10,000 made
+    every saga 10-20% slower than keeping 1,000 (compare
+    ``benchmarks/bench_orchestrator.py --max-finished 10000`` with the default).
 
     Args:
         clock: Time source for leases (inject a fake clock in tests).
@@ -116,13 +117,10 @@ class MemorySagaStore:
         fencing_token: int,
     ) -> int:
         """Append atomically with version and fencing checks (see `SagaStore.append`)."""
-        if self._closed:
-            raise StoreError("the store is closed")
+        self._check_open()
         if type(records) is not JsonRecords:  # the orchestrator's own are JSON already
             records = _as_stored(records)
-        entry = self._sagas.get(saga_id)
-        if entry is None:
-            raise SagaNotFoundError(saga_id)
+        entry = self._entry(saga_id)
         if fencing_token != entry.token:
             raise FencedError(saga_id, fencing_token=fencing_token, current_token=entry.token)
         stored = entry.records
