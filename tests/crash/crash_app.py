@@ -141,14 +141,11 @@ class KillingStore:
 
 
 def open_store(url: str, schema: str | None) -> SagaStore:
-    if url.startswith("sqlite:///"):
-        from sagaflow.stores.sqlite import SQLiteSagaStore
+    from sagaflow.stores import open_store as open_url
 
-        path, _, query = url.removeprefix("sqlite:///").partition("?")
-        return SQLiteSagaStore(path, inline=query == "inline=1")
-    from sagaflow.stores.postgres import PostgresSagaStore
-
-    return PostgresSagaStore(url, schema=schema or "sagaflow")
+    if url.startswith("sqlite:"):
+        return open_url(url)  # e.g. sqlite:////tmp/x/sagas.db?inline=1
+    return open_url(url, schema=schema or "sagaflow")
 
 
 async def run_batch(args: argparse.Namespace) -> None:
