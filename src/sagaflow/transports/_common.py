@@ -10,8 +10,8 @@ import contextlib
 import logging
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
-from typing import ClassVar, Generic, Protocol, TypeVar
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Generic, Protocol, TypeVar
 
 from sagaflow.errors import MessageTooLargeError, TransportClosedError
 from sagaflow.retry import RetryPolicy
@@ -29,6 +29,11 @@ class _HasClosed(Protocol):
 
 TransportT = TypeVar("TransportT", bound=_HasClosed)
 SubT = TypeVar("SubT")
+# How a broker names a received message for settling it: a stream entry id, a row seq.
+K = TypeVar("K")
+DeliveryT = TypeVar("DeliveryT", bound="BrokerDelivery[Any, Any]")
+KeyedSubT = TypeVar("KeyedSubT", bound="KeyedSubscription[Any, Any]")
+AckerT = TypeVar("AckerT", bound="WriteBehindAcks[Any]")
 
 # Reconnect forever with capped, jittered backoff: a broker restart must not end a
 # subscription, and full jitter keeps many consumers from reconnecting in lockstep.
@@ -249,6 +254,116 @@ class BrokerDelivery(Generic[TransportT, SubT]):
         """Move the message to the dead-letter place with ``reason``; never redelivered."""
         if self._settle():
             await self._send_dead_letter(reason)
+
+
+@dataclass(eq=False, kw_only=True)
+class KeyedSubscription(Generic[K, DeliveryT]):
+    """Bookkeeping of a subscription whose broker settles messages by key, acks behind.
+
+    Redis settles a stream entry by its id, PostgreSQL a claimed row by its seq; both
+    transports write acks behind (`WriteBehindAcks`) and hand every received,
+    unsettled key back on release. A transport's subscription adds its own fields.
+
+    Attributes:
+        sizer: The adaptive read size.
+        outstanding: Keys received and not settled yet.
+        delivered: Deliveries handed out and not settled yet, by key.
+        ack_buffer: Keys acked but not yet sent to the broker.
+        flush_task: The pending timed flush of ``ack_buffer``.
+        failures: Failed reads in a row (the reconnect backoff's attempt).
+        iterator: The iterator handed to the subscriber.
+    """
+
+    sizer: BatchSizer = field(default_factory=lambda: BatchSizer(1))
+    outstanding: set[K] = field(default_factory=set)
+    delivered: dict[K, DeliveryT] = field(default_factory=dict)
+    ack_buffer: list[K] = field(default_factory=list)
+    flush_task: asyncio.Task[None] | None = None
+    failures: int = 0
+    iterator: PullIterator[DeliveryT] | None = None
+
+    def take_acks(self) -> list[K]:
+        """Empty ``ack_buffer``; return what it held (put it back if sending fails)."""
+        acks, self.ack_buffer = self.ack_buffer, []
+        return acks
+
+
+class KeyedDelivery(BrokerDelivery[AckerT, KeyedSubT], Generic[AckerT, KeyedSubT, K]):
+    """A delivery settled by its broker key; its ack is written behind.
+
+    A subclass implements `_send_nack` and `_send_dead_letter`.
+
+    Args:
+        transport: The transport that received the delivery.
+        sub: The transport's record of the subscription it was received on.
+        key: The broker's key of the message (stream entry id, row seq).
+        message: The delivered message.
+        attempt: The broker's delivery count for this message and group.
+    """
+
+    __slots__ = ("_key",)
+
+    def __init__(
+        self, transport: AckerT, sub: KeyedSubT, key: K, message: Message, attempt: int
+    ) -> None:
+        super().__init__(transport, sub, message, attempt)
+        self._key = key
+
+    def _forget(self) -> None:
+        self._sub.outstanding.discard(self._key)
+        self._sub.delivered.pop(self._key, None)
+
+    async def _send_ack(self) -> None:
+        # Write-behind: the ack goes with the next read or within the flush interval.
+        self._transport._queue_ack(self._sub, self._key)
+
+
+class WriteBehindAcks(Generic[KeyedSubT]):
+    """Write-behind acks and release, mixed into a transport of `KeyedSubscription` s.
+
+    ``ack()`` only queues the key: the transport sends queued acks with its next read
+    (same round trip), after ``_ack_flush_interval`` seconds, or on release. A crash
+    in between redelivers the message, which at-least-once allows. A transport sets
+    ``_ack_flush_interval``, ``_subs`` and ``_closed`` and implements `_flush_acks`
+    (send ``sub.take_acks()``, putting them back on failure) and `_hand_back`.
+    """
+
+    _closed: asyncio.Event
+    _subs: set[KeyedSubT]
+    _ack_flush_interval: float
+
+    def _queue_ack(self, sub: KeyedSubT, key: object) -> None:
+        sub.ack_buffer.append(key)
+        if sub.flush_task is None or sub.flush_task.done():
+            sub.flush_task = asyncio.create_task(self._flush_later(sub))
+
+    async def _flush_later(self, sub: KeyedSubT) -> None:
+        await asyncio.sleep(self._ack_flush_interval)
+        await self._flush_acks(sub)
+
+    async def _flush_acks(self, sub: KeyedSubT) -> None:
+        raise NotImplementedError
+
+    async def _hand_back(self, sub: KeyedSubT, keys: list[Any]) -> None:
+        """Make the unsettled ``keys`` of ``sub`` deliverable to its group again, now."""
+        raise NotImplementedError
+
+    async def _release(self, sub: KeyedSubT, _items: object = None) -> None:
+        """Stop ``sub``: send its acks, hand every unsettled message back to the group, now.
+
+        Deliveries it handed out become settled: settling them later is a no-op.
+        """
+        self._subs.discard(sub)
+        if sub.flush_task is not None:
+            sub.flush_task.cancel()
+        for delivery in sub.delivered.values():
+            delivery._settled = True
+        sub.delivered.clear()
+        await self._flush_acks(sub)
+        if sub.outstanding:
+            keys = sorted(sub.outstanding)
+            sub.outstanding.clear()
+            await self._hand_back(sub, keys)
 
 
 @dataclass(frozen=True, slots=True)

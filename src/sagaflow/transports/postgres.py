@@ -48,8 +48,10 @@ from sagaflow.transports._common import (
     RECONNECT_POLICY,
     BatchSizer,
     BrokerDeadLetter,
-    BrokerDelivery,
+    KeyedDelivery,
+    KeyedSubscription,
     PullIterator,
+    WriteBehindAcks,
     check_messages,
     ensure_open,
     logger,
@@ -102,55 +104,29 @@ CREATE TABLE IF NOT EXISTS {p}dead_letters (
 
 
 @dataclass(eq=False)
-class _Subscription:
+class _Subscription(KeyedSubscription[int, "_PgDelivery"]):
     topic: str
     group: str
     owner: str
     wake: asyncio.Event = field(default_factory=asyncio.Event)
-    sizer: BatchSizer = field(default_factory=lambda: BatchSizer(1))
-    outstanding: set[int] = field(default_factory=set)  # claimed, not settled
-    delivered: dict[int, _PgDelivery] = field(default_factory=dict)  # handed out
-    ack_buffer: list[int] = field(default_factory=list)
-    flush_task: asyncio.Task[None] | None = None
     registered: bool = False
-    failures: int = 0
-    iterator: PullIterator[_PgDelivery] | None = None
 
 
-class _PgDelivery(BrokerDelivery["PostgresTransport", _Subscription]):
+class _PgDelivery(KeyedDelivery["PostgresTransport", _Subscription, int]):
     """One claimed row; ``attempt`` counts the claims of the row by its group."""
 
-    __slots__ = ("_seq",)
+    __slots__ = ()
 
     transport_name = "PostgresTransport"
 
-    def __init__(
-        self,
-        transport: PostgresTransport,
-        sub: _Subscription,
-        seq: int,
-        message: Message,
-        attempt: int,
-    ) -> None:
-        super().__init__(transport, sub, message, attempt)
-        self._seq = seq
-
-    def _forget(self) -> None:
-        self._sub.outstanding.discard(self._seq)
-        self._sub.delivered.pop(self._seq, None)
-
-    async def _send_ack(self) -> None:
-        # Write-behind: the DELETE goes with the next claim or within the flush interval.
-        self._transport._queue_ack(self._sub, self._seq)
-
     async def _send_nack(self, delay: float) -> None:
-        await self._transport._make_visible(self._sub, [self._seq], delay)
+        await self._transport._make_visible(self._sub, [self._key], delay)
 
     async def _send_dead_letter(self, reason: str) -> None:
-        await self._transport._dead_letter(self._sub, self._seq, reason)
+        await self._transport._dead_letter(self._sub, self._key, reason)
 
 
-class PostgresTransport:
+class PostgresTransport(WriteBehindAcks[_Subscription]):
     """Transport over a PostgreSQL table queue (see the module docstring).
 
     Args:
@@ -371,7 +347,7 @@ class PostgresTransport:
         sub.registered = True
 
     async def _claim(self, sub: _Subscription) -> list[tuple[Any, ...]]:
-        acks, sub.ack_buffer = sub.ack_buffer, []
+        acks = sub.take_acks()
         try:
             async with self._pool.connection() as conn:
                 # One statement, one round trip: delete what was acked since the last
@@ -460,17 +436,8 @@ class PostgresTransport:
 
     # --- settling ----------------------------------------------------------------------
 
-    def _queue_ack(self, sub: _Subscription, seq: int) -> None:
-        sub.ack_buffer.append(seq)
-        if sub.flush_task is None or sub.flush_task.done():
-            sub.flush_task = asyncio.create_task(self._flush_later(sub))
-
-    async def _flush_later(self, sub: _Subscription) -> None:
-        await asyncio.sleep(self._ack_flush_interval)
-        await self._flush_acks(sub)
-
     async def _flush_acks(self, sub: _Subscription) -> None:
-        acks, sub.ack_buffer = sub.ack_buffer, []
+        acks = sub.take_acks()
         if not acks:
             return
         try:
@@ -516,24 +483,8 @@ class PostgresTransport:
                 f"PostgreSQL unreachable while dead-lettering: {type(exc).__name__}"
             ) from exc
 
-    async def _release(self, sub: _Subscription, _items: object = None) -> None:
-        """Stop ``sub``: send its acks and make its unsettled rows visible again, now.
-
-        Deliveries it handed out become settled: settling them later is a no-op.
-        """
-        self._subs.discard(sub)
-        if sub.flush_task is not None:
-            sub.flush_task.cancel()
-        for delivery in sub.delivered.values():
-            delivery._settled = True
-        sub.delivered.clear()
-        if not self._ready:
-            return
-        await self._flush_acks(sub)
-        if sub.outstanding:
-            seqs = sorted(sub.outstanding)
-            sub.outstanding.clear()
-            await self._make_visible(sub, seqs, 0.0)
+    async def _hand_back(self, sub: _Subscription, keys: list[int]) -> None:
+        await self._make_visible(sub, keys, 0.0)
 
     # --- dead letters ------------------------------------------------------------------
 

@@ -54,7 +54,7 @@ import socket
 import time
 import uuid
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from sagaflow._optional import require
@@ -68,8 +68,10 @@ from sagaflow.transports._common import (
     RECONNECT_POLICY,
     BatchSizer,
     BrokerDeadLetter,
-    BrokerDelivery,
+    KeyedDelivery,
+    KeyedSubscription,
     PullIterator,
+    WriteBehindAcks,
     check_messages,
     ensure_open,
     logger,
@@ -132,67 +134,41 @@ def _id_tuple(entry_id: str) -> tuple[int, int]:
 
 
 @dataclass(eq=False)
-class _Subscription:
+class _Subscription(KeyedSubscription[str, "_RedisDelivery"]):
     """State of one subscription: what it holds and what it must still acknowledge."""
 
     stream: str
     group: str
     consumer: str
     delay_key: str
-    sizer: BatchSizer = field(default_factory=lambda: BatchSizer(1))
-    outstanding: set[str] = field(default_factory=set)  # read, not settled
-    delivered: dict[str, _RedisDelivery] = field(default_factory=dict)  # handed out
-    ack_buffer: list[str] = field(default_factory=list)
     pending_cursor: str = "0"
     group_start: str = "$"
     group_ready: bool = False
     pending_done: bool = False
-    failures: int = 0
     next_claim: float = 0.0
     next_delay_poll: float = 0.0
-    flush_task: asyncio.Task[None] | None = None
-    iterator: PullIterator[_RedisDelivery] | None = None
 
 
-class _RedisDelivery(BrokerDelivery["RedisStreamsTransport", _Subscription]):
+class _RedisDelivery(KeyedDelivery["RedisStreamsTransport", _Subscription, str]):
     """One delivery of a stream entry to a consumer of a group.
 
     ``attempt`` is Redis's delivery counter for the entry in the group.
     """
 
-    __slots__ = ("_entry_id",)
+    __slots__ = ()
 
     transport_name = "RedisStreamsTransport"
 
-    def __init__(
-        self,
-        transport: RedisStreamsTransport,
-        sub: _Subscription,
-        entry_id: str,
-        message: Message,
-        attempt: int,
-    ) -> None:
-        super().__init__(transport, sub, message, attempt)
-        self._entry_id = entry_id
-
-    def _forget(self) -> None:
-        self._sub.outstanding.discard(self._entry_id)
-        self._sub.delivered.pop(self._entry_id, None)
-
-    async def _send_ack(self) -> None:
-        # Write-behind: the XACK goes with the next read or within the flush interval.
-        self._transport._queue_ack(self._sub, self._entry_id)
-
     async def _send_nack(self, delay: float) -> None:
         # The entry stays pending until the retry is due.
-        await self._transport._schedule_retry(self._sub, [self._entry_id], delay)
+        await self._transport._schedule_retry(self._sub, [self._key], delay)
 
     async def _send_dead_letter(self, reason: str) -> None:
         # Copies the entry to the DLQ stream and acknowledges it, atomically.
-        await self._transport._dead_letter(self._sub, self._entry_id, self, reason)
+        await self._transport._dead_letter(self._sub, self._key, self, reason)
 
 
-class RedisStreamsTransport:
+class RedisStreamsTransport(WriteBehindAcks[_Subscription]):
     """Transport over Redis Streams consumer groups (see the module docstring).
 
     Args:
@@ -456,23 +432,6 @@ class RedisStreamsTransport:
                 return batch
         return await self._read_new(sub)
 
-    async def _release(self, sub: _Subscription, _items: object = None) -> None:
-        """Stop ``sub``: send its acks, hand every unsettled entry back to the group, due now.
-
-        Deliveries it handed out become settled: settling them later is a no-op.
-        """
-        self._subs.discard(sub)
-        if sub.flush_task is not None:
-            sub.flush_task.cancel()
-        for delivery in sub.delivered.values():
-            delivery._settled = True
-        sub.delivered.clear()
-        await self._flush_acks(sub)
-        if sub.outstanding:
-            ids = sorted(sub.outstanding)
-            sub.outstanding.clear()
-            await self._schedule_retry(sub, ids, 0.0)
-
     async def _deliverable(
         self,
         topic: str,
@@ -502,7 +461,7 @@ class RedisStreamsTransport:
 
     async def _read_new(self, sub: _Subscription) -> list[tuple[str, dict[bytes, bytes], int]]:
         async with self._client.pipeline(transaction=False) as pipe:
-            acks = self._take_acks(sub)
+            acks = sub.take_acks()
             if acks:
                 pipe.xack(sub.stream, sub.group, *acks)
             pipe.xreadgroup(
@@ -623,21 +582,8 @@ class RedisStreamsTransport:
 
     # --- settling ----------------------------------------------------------------------
 
-    def _take_acks(self, sub: _Subscription) -> list[str]:
-        acks, sub.ack_buffer = sub.ack_buffer, []
-        return acks
-
-    def _queue_ack(self, sub: _Subscription, entry_id: str) -> None:
-        sub.ack_buffer.append(entry_id)
-        if sub.flush_task is None or sub.flush_task.done():
-            sub.flush_task = asyncio.create_task(self._flush_later(sub))
-
-    async def _flush_later(self, sub: _Subscription) -> None:
-        await asyncio.sleep(self._ack_flush_interval)
-        await self._flush_acks(sub)
-
     async def _flush_acks(self, sub: _Subscription) -> None:
-        acks = self._take_acks(sub)
+        acks = sub.take_acks()
         if not acks:
             return
         try:
@@ -646,6 +592,11 @@ class RedisStreamsTransport:
             # Unsent acks only cause redelivery (at-least-once); keep them for later.
             sub.ack_buffer.extend(acks)
             logger.warning("XACK failed (%s); will retry", type(exc).__name__)
+
+    async def _hand_back(self, sub: _Subscription, keys: list[str]) -> None:
+        # Due now in the delay ZSET: another consumer picks the entries up at once
+        # instead of after claim_min_idle.
+        await self._schedule_retry(sub, keys, 0.0)
 
     async def _schedule_retry(self, sub: _Subscription, ids: list[str], delay: float) -> None:
         due_ms = int((time.time() + max(delay, 0.0)) * 1000)
