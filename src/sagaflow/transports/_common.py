@@ -228,6 +228,24 @@ class BrokerDelivery(Generic[TransportT, SubT]):
         self._forget()
         return True
 
+    async def dead_letter_if_over(self, max_deliveries: int) -> bool:
+        """Dead-letter a new delivery made more than ``max_deliveries`` times.
+
+        The transport's own safety net, checked before a delivery is handed out: a
+        message that keeps killing its consumer would otherwise loop forever. Unlike
+        `dead_letter` it does not check that the transport is open, since the
+        delivery was just received.
+
+        Returns:
+            ``True`` when the delivery was dead-lettered (do not hand it out).
+        """
+        if self._attempt <= max_deliveries:
+            return False
+        self._settled = True
+        self._forget()
+        await self._send_dead_letter(f"delivered {self._attempt} times (max {max_deliveries})")
+        return True
+
     def _forget(self) -> None:
         raise NotImplementedError
 

@@ -461,13 +461,8 @@ class NatsJetStreamTransport:
                 key=headers.pop(_KEY, None),
             )
             delivery = _NatsDelivery(self, sub, msg, message)
-            if delivery.attempt > self._max_deliveries:
-                # The server would stop delivering it silently; dead-letter it instead.
-                delivery._settled = True
-                await self._dead_letter(
-                    delivery,
-                    f"delivered {delivery.attempt} times (max {self._max_deliveries})",
-                )
+            # The server would stop delivering it silently; dead-letter it instead.
+            if await delivery.dead_letter_if_over(self._max_deliveries):
                 continue
             sub.outstanding[id(delivery)] = delivery
             out.append(delivery)

@@ -393,13 +393,7 @@ class PostgresTransport(WriteBehindAcks[_Subscription]):
                 key=key,
             )
             delivery = _PgDelivery(self, sub, int(seq), message, int(attempts))
-            if attempts > self._max_deliveries:
-                # A message that keeps killing its consumer would otherwise loop forever.
-                delivery._settled = True
-                sub.outstanding.discard(int(seq))
-                await self._dead_letter(
-                    sub, int(seq), f"delivered {attempts} times (max {self._max_deliveries})"
-                )
+            if await delivery.dead_letter_if_over(self._max_deliveries):
                 continue
             sub.delivered[int(seq)] = delivery
             out.append(delivery)

@@ -421,11 +421,7 @@ class RabbitMQTransport:
         out = []
         for raw in incoming:
             delivery = _RabbitDelivery(self, sub, raw)
-            if delivery.attempt > self._max_deliveries:
-                delivery._settled = True
-                await self._dead_letter(
-                    delivery, f"delivered {delivery.attempt} times (max {self._max_deliveries})"
-                )
+            if await delivery.dead_letter_if_over(self._max_deliveries):
                 continue
             sub.outstanding[id(delivery)] = delivery
             out.append(delivery)

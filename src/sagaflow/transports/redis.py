@@ -441,13 +441,7 @@ class RedisStreamsTransport(WriteBehindAcks[_Subscription]):
         attempt: int,
     ) -> _RedisDelivery | None:
         delivery = _RedisDelivery(self, sub, entry_id, _decode(fields, topic), attempt)
-        if attempt > self._max_deliveries:
-            # A message that keeps killing its consumer would otherwise loop forever.
-            delivery._settled = True
-            sub.outstanding.discard(entry_id)
-            await self._dead_letter(
-                sub, entry_id, delivery, f"delivered {attempt} times (max {self._max_deliveries})"
-            )
+        if await delivery.dead_letter_if_over(self._max_deliveries):
             return None
         sub.delivered[entry_id] = delivery
         return delivery
