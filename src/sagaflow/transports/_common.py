@@ -15,7 +15,7 @@ from typing import Any, ClassVar, Generic, Protocol, TypeVar
 
 from sagaflow.errors import MessageTooLargeError, TransportClosedError
 from sagaflow.retry import RetryPolicy
-from sagaflow.transports.base import Message, validate_name
+from sagaflow.transports.base import Message, TransportFeatures, validate_name
 
 logger = logging.getLogger("sagaflow.transports")
 
@@ -41,6 +41,23 @@ RECONNECT_POLICY = RetryPolicy(max_attempts=None, initial_delay=0.05, max_delay=
 
 # Publishes retry a few times on a lost connection, then surface the error.
 PUBLISH_RETRY_POLICY = RetryPolicy(max_attempts=4, initial_delay=0.05, max_delay=1.0)
+
+
+def broker_features(max_payload: int, *, persistent: bool = True) -> TransportFeatures:
+    """Return the `TransportFeatures` of a broker transport.
+
+    Every broker here keeps a group's messages in order, shares them between the
+    group's consumers, and delays and dead-letters in the broker; whether messages
+    survive a restart depends on the broker (Redis: on its persistence settings).
+    """
+    return TransportFeatures(
+        persistent=persistent,
+        ordered=True,
+        competing_consumers=True,
+        native_delay=True,
+        native_dead_letter=True,
+        max_payload=max_payload,
+    )
 
 
 def check_messages(messages: Sequence[Message], max_payload: int) -> None:

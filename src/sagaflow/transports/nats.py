@@ -62,13 +62,14 @@ from sagaflow.transports._common import (
     BrokerDeadLetter,
     BrokerDelivery,
     PullIterator,
+    broker_features,
     check_messages,
     ensure_open,
     logger,
     retry_publish,
     sleep_or_closed,
 )
-from sagaflow.transports.base import Delivery, Message, TransportFeatures, validate_name
+from sagaflow.transports.base import Delivery, Message, validate_name
 
 _nats = require("nats", "nats")
 _errors = require("nats.errors", "nats")
@@ -202,14 +203,7 @@ class NatsJetStreamTransport:
         self._retention = retention
         self._max_age = max_age
         self._max_bytes = max_bytes
-        self.features = TransportFeatures(
-            persistent=True,
-            ordered=True,
-            competing_consumers=True,
-            native_delay=True,
-            native_dead_letter=True,
-            max_payload=max_payload,
-        )
+        self.features = broker_features(max_payload)
         self._nc: Any = None
         self._js: Any = None
         self._lock = asyncio.Lock()

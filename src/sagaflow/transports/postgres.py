@@ -52,13 +52,14 @@ from sagaflow.transports._common import (
     KeyedSubscription,
     PullIterator,
     WriteBehindAcks,
+    broker_features,
     check_messages,
     ensure_open,
     logger,
     retry_publish,
     sleep_or_closed,
 )
-from sagaflow.transports.base import Delivery, Message, TransportFeatures, validate_name
+from sagaflow.transports.base import Delivery, Message, validate_name
 
 _psycopg = require("psycopg", "postgres")
 _pool = require("psycopg_pool", "postgres")
@@ -171,14 +172,7 @@ class PostgresTransport(WriteBehindAcks[_Subscription]):
         self._max_deliveries = max_deliveries
         self._ack_flush_interval = ack_flush_interval
         self._connect_timeout = connect_timeout
-        self.features = TransportFeatures(
-            persistent=True,
-            ordered=True,
-            competing_consumers=True,
-            native_delay=True,
-            native_dead_letter=True,
-            max_payload=max_payload,
-        )
+        self.features = broker_features(max_payload)
         self._pool: Any = _pool.AsyncConnectionPool(
             url,
             min_size=1,

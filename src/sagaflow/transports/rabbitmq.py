@@ -57,11 +57,12 @@ from sagaflow.transports._common import (
     BrokerDeadLetter,
     BrokerDelivery,
     PullIterator,
+    broker_features,
     check_messages,
     ensure_open,
     logger,
 )
-from sagaflow.transports.base import Delivery, Message, TransportFeatures, validate_name
+from sagaflow.transports.base import Delivery, Message, validate_name
 
 _aio_pika = require("aio_pika", "rabbitmq")
 _pika_exc = require("aio_pika.exceptions", "rabbitmq")
@@ -217,14 +218,7 @@ class RabbitMQTransport:
         self._max_deliveries = max_deliveries
         self._mandatory = mandatory
         self._connect_options = connect_options or {}
-        self.features = TransportFeatures(
-            persistent=True,
-            ordered=True,
-            competing_consumers=True,
-            native_delay=True,
-            native_dead_letter=True,
-            max_payload=max_payload,
-        )
+        self.features = broker_features(max_payload)
         self._connection: Any = None
         self._publish_channel: Any = None
         self._exchange: Any = None

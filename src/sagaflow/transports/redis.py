@@ -72,13 +72,14 @@ from sagaflow.transports._common import (
     KeyedSubscription,
     PullIterator,
     WriteBehindAcks,
+    broker_features,
     check_messages,
     ensure_open,
     logger,
     retry_publish,
     sleep_or_closed,
 )
-from sagaflow.transports.base import Delivery, Message, TransportFeatures, validate_name
+from sagaflow.transports.base import Delivery, Message, validate_name
 
 _redis = require("redis", "redis")
 _redis_asyncio = require("redis.asyncio", "redis")
@@ -229,14 +230,7 @@ class RedisStreamsTransport(WriteBehindAcks[_Subscription]):
         self._max_deliveries = max_deliveries
         self._max_len = max_len
         self._ack_flush_interval = ack_flush_interval
-        self.features = TransportFeatures(
-            persistent=persistent,
-            ordered=True,
-            competing_consumers=True,
-            native_delay=True,
-            native_dead_letter=True,
-            max_payload=max_payload,
-        )
+        self.features = broker_features(max_payload, persistent=persistent)
         options = {"decode_responses": False, "health_check_interval": 15}
         options.update(client_options or {})
         try:
