@@ -79,6 +79,18 @@ def ensure_open(closed: bool, name: str) -> None:
         raise TransportClosedError(f"{name} is closed")
 
 
+def check_subscription(topic: str, group: str, closed: bool, name: str) -> None:
+    """Check the arguments of ``subscribe`` and ``declare`` on the transport ``name``.
+
+    Raises:
+        ConfigurationError: ``topic`` or ``group`` is not a safe name.
+        TransportClosedError: The transport is closed.
+    """
+    validate_name("topic", topic)
+    validate_name("group", group)
+    ensure_open(closed, name)
+
+
 async def wait_or_closed(awaitable: Awaitable[T], closed: asyncio.Event) -> tuple[bool, T | None]:
     """Await ``awaitable`` unless ``closed`` is set first.
 

@@ -64,6 +64,7 @@ from sagaflow.transports._common import (
     PullIterator,
     broker_features,
     check_messages,
+    check_subscription,
     ensure_open,
     logger,
     retry_publish,
@@ -369,9 +370,7 @@ class NatsJetStreamTransport:
             ConfigurationError: ``topic`` or ``group`` is not a safe name.
             TransportClosedError: The transport is closed.
         """
-        validate_name("topic", topic)
-        validate_name("group", group)
-        ensure_open(self._closed.is_set(), "NatsJetStreamTransport")
+        check_subscription(topic, group, self._closed.is_set(), "NatsJetStreamTransport")
         sub = self._new_subscription(topic, group)
         sub.iterator = PullIterator(
             lambda: self._fetch(sub), self._closed, lambda items: self._release(sub, items)
@@ -591,9 +590,7 @@ class NatsJetStreamTransport:
 
     async def declare(self, topic: str, *, group: str) -> None:
         """Create ``topic``'s stream and ``group``'s durable consumer now."""
-        validate_name("topic", topic)
-        validate_name("group", group)
-        ensure_open(self._closed.is_set(), "NatsJetStreamTransport")
+        check_subscription(topic, group, self._closed.is_set(), "NatsJetStreamTransport")
         sub = self._new_subscription(topic, group)
         try:
             await self._ensure_stream(topic)

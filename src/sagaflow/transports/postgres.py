@@ -54,12 +54,13 @@ from sagaflow.transports._common import (
     WriteBehindAcks,
     broker_features,
     check_messages,
+    check_subscription,
     ensure_open,
     logger,
     retry_publish,
     sleep_or_closed,
 )
-from sagaflow.transports.base import Delivery, Message, validate_name
+from sagaflow.transports.base import Delivery, Message
 
 _psycopg = require("psycopg", "postgres")
 _pool = require("psycopg_pool", "postgres")
@@ -291,9 +292,7 @@ class PostgresTransport(WriteBehindAcks[_Subscription]):
             ConfigurationError: ``topic`` or ``group`` is not a safe name.
             TransportClosedError: The transport is closed.
         """
-        validate_name("topic", topic)
-        validate_name("group", group)
-        ensure_open(self._closed.is_set(), "PostgresTransport")
+        check_subscription(topic, group, self._closed.is_set(), "PostgresTransport")
         sub = _Subscription(
             topic=topic, group=group, owner=uuid.uuid4().hex, sizer=BatchSizer(self._batch)
         )
@@ -504,9 +503,7 @@ class PostgresTransport(WriteBehindAcks[_Subscription]):
 
     async def declare(self, topic: str, *, group: str) -> None:
         """Register ``group`` on ``topic`` now: messages published from now on reach it."""
-        validate_name("topic", topic)
-        validate_name("group", group)
-        ensure_open(self._closed.is_set(), "PostgresTransport")
+        check_subscription(topic, group, self._closed.is_set(), "PostgresTransport")
         await self._ensure_ready()
         try:
             await self._register(_Subscription(topic=topic, group=group, owner=""))

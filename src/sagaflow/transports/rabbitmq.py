@@ -59,6 +59,7 @@ from sagaflow.transports._common import (
     PullIterator,
     broker_features,
     check_messages,
+    check_subscription,
     ensure_open,
     logger,
 )
@@ -300,9 +301,7 @@ class RabbitMQTransport:
 
     async def declare(self, topic: str, *, group: str) -> None:
         """Declare ``group``'s queue on ``topic`` now: messages published from now on reach it."""
-        validate_name("topic", topic)
-        validate_name("group", group)
-        ensure_open(self._closed.is_set(), "RabbitMQTransport")
+        check_subscription(topic, group, self._closed.is_set(), "RabbitMQTransport")
         try:
             await self._declare(topic, group)
         except _CONNECTION_ERRORS as exc:
@@ -373,9 +372,7 @@ class RabbitMQTransport:
             ConfigurationError: ``topic`` or ``group`` is not a safe name.
             TransportClosedError: The transport is closed.
         """
-        validate_name("topic", topic)
-        validate_name("group", group)
-        ensure_open(self._closed.is_set(), "RabbitMQTransport")
+        check_subscription(topic, group, self._closed.is_set(), "RabbitMQTransport")
         sub = _Subscription(topic=topic, group=group, queue_name=self.queue_name(topic, group))
         sizer = BatchSizer(self._batch)
         sub.iterator = PullIterator(

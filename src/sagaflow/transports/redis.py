@@ -74,6 +74,7 @@ from sagaflow.transports._common import (
     WriteBehindAcks,
     broker_features,
     check_messages,
+    check_subscription,
     ensure_open,
     logger,
     retry_publish,
@@ -351,9 +352,7 @@ class RedisStreamsTransport(WriteBehindAcks[_Subscription]):
             ConfigurationError: ``topic`` or ``group`` is not a safe name.
             TransportClosedError: The transport is closed.
         """
-        validate_name("topic", topic)
-        validate_name("group", group)
-        ensure_open(self._closed.is_set(), "RedisStreamsTransport")
+        check_subscription(topic, group, self._closed.is_set(), "RedisStreamsTransport")
         sub = _Subscription(
             stream=self.stream_key(topic),
             group=group,
@@ -657,9 +656,7 @@ class RedisStreamsTransport(WriteBehindAcks[_Subscription]):
         ``subscribe`` does this lazily on first iteration; call it when messages
         published before the first iteration must reach the group.
         """
-        validate_name("topic", topic)
-        validate_name("group", group)
-        ensure_open(self._closed.is_set(), "RedisStreamsTransport")
+        check_subscription(topic, group, self._closed.is_set(), "RedisStreamsTransport")
         stream = self.stream_key(topic)
         try:
             await self._client.xgroup_create(stream, group, id="$", mkstream=True)
