@@ -122,6 +122,16 @@ async def sleep_or_closed(seconds: float, closed: asyncio.Event) -> bool:
     return False
 
 
+async def pause_to_reconnect(failures: int, closed: asyncio.Event, problem: str) -> None:
+    """Log ``problem``, then wait the reconnect delay after ``failures`` failures in a row.
+
+    The wait ends early when ``closed`` is set, so a transport closes promptly.
+    """
+    delay = RECONNECT_POLICY.delay(failures)
+    logger.warning("%s; retrying in %.2fs", problem, delay)
+    await sleep_or_closed(delay, closed)
+
+
 async def retry_publish(
     operation: Callable[[], Awaitable[T]],
     *,

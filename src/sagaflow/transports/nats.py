@@ -57,7 +57,6 @@ from sagaflow.errors import (
     TransportUnavailableError,
 )
 from sagaflow.transports._common import (
-    RECONNECT_POLICY,
     BatchSizer,
     BrokerDeadLetter,
     BrokerDelivery,
@@ -67,8 +66,8 @@ from sagaflow.transports._common import (
     check_subscription,
     ensure_open,
     logger,
+    pause_to_reconnect,
     retry_publish,
-    sleep_or_closed,
 )
 from sagaflow.transports.base import Delivery, Message, validate_name
 
@@ -436,11 +435,9 @@ class NatsJetStreamTransport:
 
     async def _backoff(self, sub: _Subscription, exc: BaseException) -> None:
         sub.failures += 1
-        delay = RECONNECT_POLICY.delay(sub.failures)
-        logger.warning(
-            "NATS at %s: %s; retrying in %.2fs", mask_url(self._url), type(exc).__name__, delay
+        await pause_to_reconnect(
+            sub.failures, self._closed, f"NATS at {mask_url(self._url)}: {type(exc).__name__}"
         )
-        await sleep_or_closed(delay, self._closed)
 
     async def _deliverable(self, sub: _Subscription, msgs: list[Any]) -> list[_NatsDelivery]:
         out = []

@@ -57,6 +57,7 @@ from sagaflow.transports._common import (
     check_subscription,
     ensure_open,
     logger,
+    pause_to_reconnect,
     retry_publish,
     sleep_or_closed,
 )
@@ -314,14 +315,11 @@ class PostgresTransport(WriteBehindAcks[_Subscription]):
                 sub.failures = 0
             except (TransportUnavailableError, _psycopg.OperationalError, _pool.PoolTimeout) as e:
                 sub.failures += 1
-                delay = RECONNECT_POLICY.delay(sub.failures)
-                logger.warning(
-                    "PostgreSQL at %s unavailable (%s); retrying in %.2fs",
-                    mask_url(self._url),
-                    type(e).__name__,
-                    delay,
+                await pause_to_reconnect(
+                    sub.failures,
+                    self._closed,
+                    f"PostgreSQL at {mask_url(self._url)} unavailable ({type(e).__name__})",
                 )
-                await sleep_or_closed(delay, self._closed)
                 return []
             if not rows:
                 with contextlib.suppress(TimeoutError):

@@ -65,7 +65,6 @@ from sagaflow.errors import (
     TransportUnavailableError,
 )
 from sagaflow.transports._common import (
-    RECONNECT_POLICY,
     BatchSizer,
     BrokerDeadLetter,
     KeyedDelivery,
@@ -77,8 +76,8 @@ from sagaflow.transports._common import (
     check_subscription,
     ensure_open,
     logger,
+    pause_to_reconnect,
     retry_publish,
-    sleep_or_closed,
 )
 from sagaflow.transports.base import Delivery, Message, validate_name
 
@@ -384,14 +383,11 @@ class RedisStreamsTransport(WriteBehindAcks[_Subscription]):
             except _CONNECTION_ERRORS as exc:
                 sub.failures += 1
                 sub.group_start, sub.group_ready = "0", False
-                delay = RECONNECT_POLICY.delay(sub.failures)
-                logger.warning(
-                    "Redis at %s unavailable (%s); retrying in %.2fs",
-                    mask_url(self._url),
-                    type(exc).__name__,
-                    delay,
+                await pause_to_reconnect(
+                    sub.failures,
+                    self._closed,
+                    f"Redis at {mask_url(self._url)} unavailable ({type(exc).__name__})",
                 )
-                await sleep_or_closed(delay, self._closed)
                 return []
             out = []
             for entry_id, fields, attempt in batch:
