@@ -381,13 +381,16 @@ class WriteBehindAcks(Generic[KeyedSubT]):
     ``ack()`` only queues the key: the transport sends queued acks with its next read
     (same round trip), after ``_ack_flush_interval`` seconds, or on release. A crash
     in between redelivers the message, which at-least-once allows. A transport sets
-    ``_ack_flush_interval``, ``_subs`` and ``_closed`` and implements `_flush_acks`
-    (send ``sub.take_acks()``, putting them back on failure) and `_hand_back`.
+    ``_ack_flush_interval``, ``_subs`` and ``_closed``, names the errors of a failed
+    ack send in ``_ack_errors`` and its command in ``_ack_command`` (for the log), and
+    implements `_send_acks` and `_hand_back`.
     """
 
     _closed: asyncio.Event
     _subs: set[KeyedSubT]
     _ack_flush_interval: float
+    _ack_errors: ClassVar[tuple[type[BaseException], ...]]
+    _ack_command: ClassVar[str]
 
     def _queue_ack(self, sub: KeyedSubT, key: object) -> None:
         sub.ack_buffer.append(key)
@@ -399,6 +402,18 @@ class WriteBehindAcks(Generic[KeyedSubT]):
         await self._flush_acks(sub)
 
     async def _flush_acks(self, sub: KeyedSubT) -> None:
+        acks = sub.take_acks()
+        if not acks:
+            return
+        try:
+            await self._send_acks(sub, acks)
+        except self._ack_errors as exc:
+            # Unsent acks only cause redelivery (at-least-once); keep them for later.
+            sub.ack_buffer.extend(acks)
+            logger.warning("%s failed (%s); will retry", self._ack_command, type(exc).__name__)
+
+    async def _send_acks(self, sub: KeyedSubT, keys: list[Any]) -> None:
+        """Settle ``keys`` of ``sub`` successfully in the broker."""
         raise NotImplementedError
 
     async def _hand_back(self, sub: KeyedSubT, keys: list[Any]) -> None:

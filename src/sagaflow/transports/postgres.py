@@ -146,6 +146,9 @@ class PostgresTransport(WriteBehindAcks[_Subscription]):
         connect_timeout: Seconds to wait for the first connection before giving up.
     """
 
+    _ack_errors = (_psycopg.Error, _pool.PoolTimeout)
+    _ack_command = "ack"
+
     def __init__(
         self,
         url: str = "postgresql://postgres@127.0.0.1:5432/postgres",
@@ -421,20 +424,13 @@ class PostgresTransport(WriteBehindAcks[_Subscription]):
 
     # --- settling ----------------------------------------------------------------------
 
-    async def _flush_acks(self, sub: _Subscription) -> None:
-        acks = sub.take_acks()
-        if not acks:
-            return
-        try:
-            async with self._pool.connection() as conn:
-                await conn.execute(
-                    f"DELETE FROM {self._p}queue WHERE seq = ANY(%s) AND lease_owner = %s",
-                    (acks, sub.owner),
-                )
-        except (_psycopg.Error, _pool.PoolTimeout) as exc:
-            # Unsent acks only cause redelivery (at-least-once); keep them for later.
-            sub.ack_buffer.extend(acks)
-            logger.warning("ack failed (%s); will retry", type(exc).__name__)
+    async def _send_acks(self, sub: _Subscription, keys: list[int]) -> None:
+        async with self._pool.connection() as conn:
+            # lease_owner fences it: once our lease expired, the row is not ours to delete.
+            await conn.execute(
+                f"DELETE FROM {self._p}queue WHERE seq = ANY(%s) AND lease_owner = %s",
+                (keys, sub.owner),
+            )
 
     async def _make_visible(self, sub: _Subscription, seqs: list[int], delay: float) -> None:
         try:

@@ -197,6 +197,9 @@ class RedisStreamsTransport(WriteBehindAcks[_Subscription]):
         client_options: Extra keyword arguments for ``redis.asyncio.Redis.from_url``.
     """
 
+    _ack_errors = (_exc.RedisError, OSError)
+    _ack_command = "XACK"
+
     def __init__(
         self,
         url: str = "redis://127.0.0.1:6379/0",
@@ -565,16 +568,8 @@ class RedisStreamsTransport(WriteBehindAcks[_Subscription]):
 
     # --- settling ----------------------------------------------------------------------
 
-    async def _flush_acks(self, sub: _Subscription) -> None:
-        acks = sub.take_acks()
-        if not acks:
-            return
-        try:
-            await self._client.xack(sub.stream, sub.group, *acks)
-        except (_exc.RedisError, OSError) as exc:
-            # Unsent acks only cause redelivery (at-least-once); keep them for later.
-            sub.ack_buffer.extend(acks)
-            logger.warning("XACK failed (%s); will retry", type(exc).__name__)
+    async def _send_acks(self, sub: _Subscription, keys: list[str]) -> None:
+        await self._client.xack(sub.stream, sub.group, *keys)
 
     async def _hand_back(self, sub: _Subscription, keys: list[str]) -> None:
         # Due now in the delay ZSET: another consumer picks the entries up at once
