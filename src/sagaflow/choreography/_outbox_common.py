@@ -118,6 +118,16 @@ def message_from_row(
     return OutboxMessage(seq=int(seq), message=message, attempts=int(attempts))
 
 
+def claimed_from_rows(rows: list[Sequence[Any]]) -> list[OutboxMessage]:
+    """Build claimed messages from ``seq, id, topic, key, body, headers, attempts`` rows.
+
+    The claim's ``RETURNING`` does not promise the order of its subquery (neither
+    SQLite nor PostgreSQL does), and the relay publishes in seq order: sort here.
+    """
+    rows.sort(key=lambda r: r[0])
+    return [message_from_row(*r) for r in rows]
+
+
 def parked_from_row(row: Sequence[Any]) -> ParkedMessage:
     """Build a `ParkedMessage` from ``seq, id, topic, key, body, headers, attempts, reason, at``."""
     claimed = message_from_row(*row[:7])

@@ -45,8 +45,8 @@ from typing import TYPE_CHECKING, Any, Final
 from sagaflow.choreography._outbox_common import (
     MessageEncoder,
     check_message,
+    claimed_from_rows,
     encode_headers,
-    message_from_row,
     parked_from_row,
 )
 from sagaflow.choreography._postgres import PgAccess, identifier, user_connection
@@ -268,9 +268,7 @@ class PostgresOutbox:
                 # holds every earlier claim, so no key is leased to two relays.
                 await conn.execute(self._sql.claim_lock)
                 cursor = await conn.execute(self._sql.claim, params)
-            rows = await cursor.fetchall()
-            rows.sort(key=lambda r: r[0])
-            return [message_from_row(*r) for r in rows]
+            return claimed_from_rows(await cursor.fetchall())
 
         return await self._db.run(work)
 

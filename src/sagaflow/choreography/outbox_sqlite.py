@@ -27,8 +27,8 @@ from typing import TYPE_CHECKING, Final, Literal
 from sagaflow.choreography._outbox_common import (
     MessageEncoder,
     check_message,
+    claimed_from_rows,
     encode_headers,
-    message_from_row,
     parked_from_row,
 )
 from sagaflow.choreography.outbox import OutboxMessage, ParkedMessage
@@ -209,10 +209,7 @@ class SQLiteOutbox:
         params = {"owner": owner, "expires": now + lease, "now": now, "limit": limit}
 
         def op(conn: sqlite3.Connection) -> list[OutboxMessage]:
-            rows = conn.execute(self._sql.claim, params).fetchall()
-            # RETURNING does not promise the subquery's order: restore seq order.
-            rows.sort(key=lambda r: r[0])
-            return [message_from_row(*r) for r in rows]
+            return claimed_from_rows(conn.execute(self._sql.claim, params).fetchall())
 
         claimed: list[OutboxMessage] = await self._worker.run(op)
         return claimed
