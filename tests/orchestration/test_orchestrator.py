@@ -16,7 +16,7 @@ from sagaflow import (
     Step,
     StepKind,
 )
-from sagaflow.errors import FencedError, NonRetryableError, SchemaError
+from sagaflow.errors import FencedError, NonRetryableError, SchemaError, StoreError
 from sagaflow.testing.clock import FakeClock
 
 FAST = RetryPolicy(max_attempts=3, initial_delay=0, jitter=False)
@@ -559,6 +559,60 @@ async def test_store_writes_are_batched_and_written_before_effects():
     assert writes[0] == [RecordKind.SAGA_STARTED, RecordKind.STEP_STARTED]
     assert writes[1] == [RecordKind.STEP_COMPLETED, RecordKind.STEP_STARTED]
     assert writes[-1] == [RecordKind.STEP_COMPLETED, RecordKind.SAGA_COMPLETED]
+
+
+class AwaitedStore(MemorySagaStore):
+    """A memory store the orchestrator must await: its writes are overridden."""
+
+    async def create(self, saga_id, records, **kw):
+        return await super().create(saga_id, records, **kw)
+
+    async def append(self, saga_id, records, **kw):
+        return await super().append(saga_id, records, **kw)
+
+
+def shape(records):
+    return [(r.kind, r.step, r.attempt, r.data) for r in records]
+
+
+@pytest.mark.parametrize("failing", [{}, {"charge": 1}, {"ship": 5}, {"ship": 5, "refund": 1}])
+async def test_direct_memory_writes_log_what_awaited_writes_log(failing):
+    # The plain MemorySagaStore is written without awaiting a coroutine; a subclass
+    # that overrides its writes is awaited. Both must produce the same log.
+    logs = []
+    for store in (MemorySagaStore(), AwaitedStore()):
+        svc = Services()
+        svc.fail = dict(failing)
+        result = await Orchestrator(store, seed=1).run(
+            order_saga(svc), {"order_id": "x"}, saga_id="d"
+        )
+        assert shape((await store.load("d")).records) == shape(result.records)
+        logs.append((result.status, shape(result.records), svc.calls))
+    assert logs[0] == logs[1]
+
+
+async def test_a_store_closed_mid_saga_fails_the_run_with_store_error():
+    store = MemorySagaStore()
+
+    async def close_store(ctx):
+        await store.close()
+
+    ran = []
+
+    async def after(ctx):
+        ran.append(ctx.step)
+
+    saga = Saga(
+        "s",
+        state=Order,
+        steps=[
+            Step("a", close_store, kind=StepKind.PIVOT),
+            Step("b", after, kind=StepKind.RETRIABLE),
+        ],
+    )
+    with pytest.raises(StoreError, match="closed"):
+        await Orchestrator(store).run(saga, {"order_id": "x"})
+    assert ran == []  # b's start could not be logged, so b never ran
 
 
 async def test_a_fenced_writer_stops():

@@ -7,6 +7,12 @@ costs five store writes. If a step fails beyond its retry policy, it runs the
 compensations of every completed (or possibly completed) compensatable step in
 reverse order of completion. Cancellation of the calling task runs compensations
 too, shielded from the cancellation itself.
+
+The common step (an async action without a timeout) has its first attempt run
+inline by the stage loop, and writes to a plain `MemorySagaStore` are made
+without awaiting a coroutine; everything else (retries, timeouts, sync actions,
+parallel groups, any other store, any refused write) takes the general path.
+The property tests draw both kinds of step.
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from pydantic import BaseModel, ValidationError
 from pydantic_core import to_jsonable_python
@@ -35,6 +41,7 @@ from sagaflow.errors import (
     SagaAlreadyExistsError,
     SagaCancelledError,
     SagaDeadlineExceededError,
+    SagaflowError,
     SchemaError,
     StepTimeoutError,
     StoreUnavailableError,
@@ -55,6 +62,9 @@ from sagaflow.orchestration.records import (
 from sagaflow.orchestration.result import SagaResult
 from sagaflow.orchestration.store import SagaStore
 from sagaflow.retry import RetryPolicy
+
+if TYPE_CHECKING:
+    from sagaflow.stores.memory import MemorySagaStore
 
 __all__ = ["Orchestrator", "RecoveryReport"]
 
@@ -120,6 +130,7 @@ class Orchestrator:
 
             store = MemorySagaStore(clock=self.clock)
         self.store: SagaStore = store
+        self._direct = _direct_store(store)
         self.hooks = HookDispatcher(hooks)
         self.owner = owner or f"orchestrator-{uuid.uuid4().hex[:12]}"
         self.lease = lease
@@ -417,6 +428,25 @@ class Orchestrator:
                 execution.claim = kept.get(execution.saga_id)
 
 
+def _direct_store(store: SagaStore) -> MemorySagaStore | None:
+    """Return ``store`` if its writes can be made without a coroutine, else None.
+
+    That is a `MemorySagaStore` whose ``create`` and ``append`` are its own: a
+    subclass that overrides them (to spy, fail or delay) is always awaited.
+    Skipping two coroutines per write is about a tenth of an in-memory saga.
+    """
+    from sagaflow.stores.memory import MemorySagaStore
+
+    kind = type(store)
+    if (
+        isinstance(store, MemorySagaStore)
+        and kind.create is MemorySagaStore.create
+        and kind.append is MemorySagaStore.append
+    ):
+        return store
+    return None
+
+
 def _validate_input(saga: Saga[S], input: S | Mapping[str, Any]) -> S:
     if isinstance(input, saga.state_type):
         return input
@@ -601,6 +631,7 @@ class _Execution(Generic[S]):
         "claim",
         "compensated",
         "decided",
+        "direct",
         "done",
         "error",
         "lock",
@@ -621,6 +652,7 @@ class _Execution(Generic[S]):
     def __init__(self, orch: Orchestrator, saga: Saga[S], saga_id: str, state: S) -> None:
         self.orch = orch
         self.store = orch.store
+        self.direct = orch._direct
         self.now = orch._now
         self.saga = saga
         self.saga_id = saga_id
@@ -712,6 +744,45 @@ class _Execution(Generic[S]):
         """Make every pending record durable (in one store write)."""
         # A plain function returning the coroutine: one frame less on the hot path.
         return self._write() if self.lock is None else self._locked_write()
+
+    def write_now(self) -> bool:
+        """Write the pending records without suspending, if the store can; True if done.
+
+        Hot paths call ``if not self.write_now(): await self.flush()``. Any error
+        (a conflict, fencing, a closed store) is left to `flush`, which retries,
+        reconciles or raises it: the direct write changes nothing when it fails.
+        """
+        store = self.direct
+        if store is None or self.lock is not None:
+            return False
+        records = self.pending
+        if not records:
+            return True
+        claim = self.claim
+        try:
+            if claim is not None:
+                self.version = store._append_now(
+                    self.saga_id,
+                    records,
+                    expected_version=self.version,
+                    fencing_token=claim.fencing_token,
+                )
+            elif self.version:  # created before, then the lease was lost: flush raises
+                return False
+            else:
+                orch = self.orch
+                created = store._create_now(
+                    self.saga_id, records, owner=orch.owner, lease=orch.lease
+                )
+        except SagaflowError:
+            return False
+        self.pending = JsonRecords()
+        if claim is None:
+            self.claim = created
+            self.version = len(records)
+            if orch.hooks.saga_started:
+                fire(orch.hooks.saga_started, self.saga_id, self.saga.name)
+        return True
 
     async def _locked_write(self) -> None:
         assert self.lock is not None
@@ -823,7 +894,8 @@ class _Execution(Generic[S]):
 
     async def _forward_then_finish(self, deadline: float | None) -> SagaStatus:
         try:
-            failure = await self.forward(deadline)
+            # Without a deadline, forward() would only call _stages(): skip its frame.
+            failure = await (self._stages() if deadline is None else self.forward(deadline))
         except asyncio.CancelledError:
             cancelled = SagaCancelledError("the saga was cancelled", saga_id=self.saga_id)
             await _shielded(self.turn_back(_error_data(cancelled, None)))
@@ -832,7 +904,8 @@ class _Execution(Generic[S]):
             status: SagaStatus = await _shielded(self.turn_back(_error_data(*failure)))
             return status
         self.record(RecordKind.SAGA_COMPLETED)
-        await self.flush()
+        if not self.write_now():
+            await self.flush()
         return SagaStatus.COMPLETED
 
     async def forward(self, deadline: float | None) -> tuple[BaseException, str | None] | None:
@@ -850,20 +923,76 @@ class _Execution(Generic[S]):
             return error, None
 
     async def _stages(self) -> tuple[BaseException, str | None] | None:
-        stages = self.saga.stages
+        saga = self.saga
+        stages = saga.stages
+        hooks = self.orch.hooks
         while self.stage < len(stages):
             stage = stages[self.stage]
-            if len(stage) == 1:
-                step = stage[0]
-                outcome = await self.run_step(step, self.saga.plan(step.name))
-                if outcome.error is not None:
-                    return outcome.error, step.name
-            else:
+            if len(stage) > 1:
                 failure = await self.run_parallel(stage)
                 if failure is not None:
                     return failure
+            elif (step := stage[0]).timeout is None and step.action_is_async:
+                # The usual step's first attempt runs here rather than in run_step:
+                # a coroutine less per step on the hottest path of the library.
+                # What is not a success goes on in _after_first_failure.
+                name = step.name
+                attempt = self.attempts.get(name, 0) + 1
+                self.attempts[name] = attempt
+                first_start = self.orch._monotonic()
+                record = _new_record(SagaRecord, (_STARTED, name, attempt, self.now(), None))
+                self.pending.append(record)
+                self.log.append(record)
+                if not self.write_now():
+                    await self.flush()
+                if hooks.step_started:
+                    fire(hooks.step_started, self.saga_id, name, attempt)
+                context = StepContext(self.saga_id, saga.name, name, attempt, self.state)
+                try:
+                    # action_is_async was checked above; mypy cannot narrow the union.
+                    result = await step.action(context)  # type: ignore[misc]
+                    self.state, updates = apply_result(self.state, result)
+                except asyncio.CancelledError:
+                    self._attempt_cancelled(step, attempt)
+                    raise
+                except Exception as exc:
+                    failure = await self._after_first_failure(step, exc, attempt, first_start)
+                    if failure is not None:
+                        # This frame is in the error's traceback: a local naming the
+                        # error would make a cycle, left for the garbage collector.
+                        try:
+                            return failure
+                        finally:
+                            del failure
+                else:
+                    self._step_completed(step, attempt, updates)
+            else:
+                outcome = await self.run_step(step, saga.plan(step.name))
+                if outcome.error is not None:
+                    return outcome.error, step.name
             self.stage += 1
         return None
+
+    async def _after_first_failure(
+        self, step: Step, error: Exception, attempt: int, first_start: float
+    ) -> tuple[BaseException, str] | None:
+        """Go on after a first attempt that `_stages` ran failed: log it, maybe retry.
+
+        Returns:
+            (error, step name) if the step failed for good, else None.
+        """
+        plan = self.saga.plan(step.name)
+        policy = plan.retry
+        uncertain = isinstance(error, StepTimeoutError | SchemaError)
+        final: BaseException = error
+        if self._attempt_failed(step, policy, error, attempt, uncertain, first_start):
+            orch = self.orch
+            await orch.clock.sleep(policy.delay(attempt, orch.rng))
+            outcome = await self.run_step(step, plan, first_start=first_start, uncertain=uncertain)
+            if outcome.error is None:
+                return None
+            final = outcome.error
+        return final, step.name
 
     async def run_parallel(self, stage: tuple[Step, ...]) -> tuple[BaseException, str] | None:
         """Run branches concurrently; on the first failure cancel the rest."""
@@ -901,11 +1030,20 @@ class _Execution(Generic[S]):
         return failure
 
     async def run_step(
-        self, step: Step, plan: _Plan, snapshot: S | None = None, *, logged: bool = False
+        self,
+        step: Step,
+        plan: _Plan,
+        snapshot: S | None = None,
+        *,
+        logged: bool = False,
+        first_start: float | None = None,
+        uncertain: bool = False,
     ) -> _StepOutcome:
         """Run a step's action under its retry policy; return its outcome.
 
         ``logged`` means the first attempt's STARTED record is already durable.
+        ``first_start`` and ``uncertain`` carry over from attempts that ran
+        elsewhere (`_stages` runs first attempts itself).
         """
         orch = self.orch
         hooks = orch.hooks
@@ -913,18 +1051,18 @@ class _Execution(Generic[S]):
         policy = plan.retry
         name = step.name
         attempt = self.attempts.get(name, 0) + (0 if logged else 1)
-        uncertain = False
-        first_start = orch._monotonic()
+        if first_start is None:
+            first_start = orch._monotonic()
         log, now = self.log, self.now
         while True:
             if not logged:
                 self.attempts[name] = attempt
-                # record() and flush() inlined: this is the hottest loop of the library
-                # (measured about 7% faster per saga than calling them).
+                # record() inlined: this is the hottest loop of the library.
                 record = _new_record(SagaRecord, (_STARTED, name, attempt, now(), None))
                 self.pending.append(record)
                 log.append(record)
-                await (self._write() if self.lock is None else self._locked_write())
+                if not self.write_now():
+                    await self.flush()
             logged = False
             if hooks.step_started:
                 fire(hooks.step_started, self.saga_id, name, attempt)
@@ -951,40 +1089,69 @@ class _Execution(Generic[S]):
                         ) from None
                 self.state, updates = apply_result(self.state, result)
             except asyncio.CancelledError:
-                # Cancelled mid-flight: the effect may have happened, so undo it later.
-                self.record(
-                    _FAILED, name, attempt, {"error": _CANCELLED, "uncertain": True, "final": True}
-                )
-                self._finish_step(step, completed=False, uncertain=True)
+                self._attempt_cancelled(step, attempt)
                 raise
             except Exception as exc:
                 uncertain = uncertain or isinstance(exc, StepTimeoutError | SchemaError)
-                elapsed = orch._monotonic() - first_start
-                retry = not isinstance(exc, SchemaError) and policy.should_retry(
-                    exc, attempt=attempt, elapsed=elapsed
-                )
-                self.record(
-                    _FAILED,
-                    name,
-                    attempt,
-                    {"error": error_info(exc), "uncertain": uncertain, "final": not retry},
-                )
-                if hooks.step_failed:
-                    fire(hooks.step_failed, self.saga_id, name, attempt, exc, retry)
-                if not retry:
-                    self._finish_step(step, completed=False, uncertain=uncertain)
+                if not self._attempt_failed(step, policy, exc, attempt, uncertain, first_start):
                     return _StepOutcome(exc, uncertain)
                 await clock.sleep(policy.delay(attempt, orch.rng))
                 attempt += 1
                 continue
-            data = {"updates": updates} if updates else None
-            record = _new_record(SagaRecord, (_COMPLETED, name, attempt, now(), data))
-            self.pending.append(record)
-            log.append(record)
-            self._finish_step(step, completed=True, uncertain=False)
-            if hooks.step_succeeded:
-                fire(hooks.step_succeeded, self.saga_id, name, attempt)
+            self._step_completed(step, attempt, updates)
             return _OK
+
+    def _step_completed(self, step: Step, attempt: int, updates: Any) -> None:
+        """Log an attempt that completed (sent with the next write) and tell the hooks."""
+        name = step.name
+        data = {"updates": updates} if updates else None
+        record = _new_record(SagaRecord, (_COMPLETED, name, attempt, self.now(), data))
+        self.pending.append(record)
+        self.log.append(record)
+        self._finish_step(step, completed=True, uncertain=False)
+        hooks = self.orch.hooks
+        if hooks.step_succeeded:
+            fire(hooks.step_succeeded, self.saga_id, name, attempt)
+
+    def _attempt_failed(
+        self,
+        step: Step,
+        policy: RetryPolicy,
+        error: Exception,
+        attempt: int,
+        uncertain: bool,
+        first_start: float,
+    ) -> bool:
+        """Log a failed attempt and tell the hooks; return whether to try again.
+
+        A final failure also notes the step as finished (to undo if ``uncertain``).
+        A state that does not validate is never retried: the action would return
+        the same.
+        """
+        orch = self.orch
+        name = step.name
+        elapsed = orch._monotonic() - first_start
+        retry = not isinstance(error, SchemaError) and policy.should_retry(
+            error, attempt=attempt, elapsed=elapsed
+        )
+        self.record(
+            _FAILED,
+            name,
+            attempt,
+            {"error": error_info(error), "uncertain": uncertain, "final": not retry},
+        )
+        if orch.hooks.step_failed:
+            fire(orch.hooks.step_failed, self.saga_id, name, attempt, error, retry)
+        if not retry:
+            self._finish_step(step, completed=False, uncertain=uncertain)
+        return retry
+
+    def _attempt_cancelled(self, step: Step, attempt: int) -> None:
+        """Log an attempt cancelled mid-flight: its effect may have happened, so undo it later."""
+        self.record(
+            _FAILED, step.name, attempt, {"error": _CANCELLED, "uncertain": True, "final": True}
+        )
+        self._finish_step(step, completed=False, uncertain=True)
 
     def _finish_step(self, step: Step, *, completed: bool, uncertain: bool) -> None:
         """Note a finished step: it must be undone if it completed or may have.
@@ -1018,7 +1185,8 @@ class _Execution(Generic[S]):
             if failure is not None:
                 return await self.park({**error_info(failure), "step": name})
         self.record(RecordKind.SAGA_COMPENSATED)
-        await self.flush()
+        if not self.write_now():
+            await self.flush()
         return SagaStatus.COMPENSATED
 
     async def park(self, error: dict[str, str]) -> SagaStatus:
@@ -1044,7 +1212,8 @@ class _Execution(Generic[S]):
         while True:
             self.attempts[key] = attempt
             self.record(RecordKind.COMPENSATION_STARTED, step.name, attempt)
-            await self.flush()
+            if not self.write_now():
+                await self.flush()
             if hooks.compensation_started:
                 fire(hooks.compensation_started, self.saga_id, step.name, attempt)
             context = StepContext(

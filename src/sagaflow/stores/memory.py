@@ -90,6 +90,13 @@ class MemorySagaStore:
         self, saga_id: str, records: Sequence[SagaRecord], *, owner: str, lease: float
     ) -> Claim:
         """Create a saga leased to ``owner`` (see `SagaStore.create`)."""
+        return self._create_now(saga_id, records, owner=owner, lease=lease)
+
+    def _create_now(
+        self, saga_id: str, records: Sequence[SagaRecord], *, owner: str, lease: float
+    ) -> Claim:
+        # `create` without a coroutine: the orchestrator calls this directly when
+        # `create` is not overridden (see Orchestrator's _direct_store).
         self._check_open()
         check_create_records(records)
         records = records if type(records) is JsonRecords else _as_stored(records)
@@ -117,10 +124,27 @@ class MemorySagaStore:
         fencing_token: int,
     ) -> int:
         """Append atomically with version and fencing checks (see `SagaStore.append`)."""
-        self._check_open()
+        return self._append_now(
+            saga_id, records, expected_version=expected_version, fencing_token=fencing_token
+        )
+
+    def _append_now(
+        self,
+        saga_id: str,
+        records: Sequence[SagaRecord],
+        *,
+        expected_version: int,
+        fencing_token: int,
+    ) -> int:
+        # `append` without a coroutine, for the orchestrator as `_create_now`. Every
+        # check comes before the first change, so a refused append changes nothing.
+        if self._closed:
+            raise StoreError("the store is closed")
         if type(records) is not JsonRecords:  # the orchestrator's own are JSON already
             records = _as_stored(records)
-        entry = self._entry(saga_id)
+        entry = self._sagas.get(saga_id)
+        if entry is None:
+            raise SagaNotFoundError(saga_id)
         if fencing_token != entry.token:
             raise FencedError(saga_id, fencing_token=fencing_token, current_token=entry.token)
         stored = entry.records
