@@ -759,29 +759,28 @@ class _Execution(Generic[S]):
         if not records:
             return True
         claim = self.claim
-        try:
-            if claim is not None:
+        if claim is not None:
+            try:
                 self.version = store._append_now(
-                    self.saga_id,
-                    records,
-                    expected_version=self.version,
-                    fencing_token=claim.fencing_token,
+                    self.saga_id, records, self.version, claim.fencing_token
                 )
-            elif self.version:  # created before, then the lease was lost: flush raises
+            except SagaflowError:
                 return False
-            else:
-                orch = self.orch
-                created = store._create_now(
-                    self.saga_id, records, owner=orch.owner, lease=orch.lease
-                )
+            records.clear()  # the memory store copied them
+            return True
+        if self.version:  # created before, then the lease was lost: flush raises
+            return False
+        orch = self.orch
+        try:
+            self.claim = store._create_now(
+                self.saga_id, records, owner=orch.owner, lease=orch.lease
+            )
         except SagaflowError:
             return False
-        self.pending = JsonRecords()
-        if claim is None:
-            self.claim = created
-            self.version = len(records)
-            if orch.hooks.saga_started:
-                fire(orch.hooks.saga_started, self.saga_id, self.saga.name)
+        self.version = len(records)
+        records.clear()
+        if orch.hooks.saga_started:
+            fire(orch.hooks.saga_started, self.saga_id, self.saga.name)
         return True
 
     async def _locked_write(self) -> None:
@@ -1108,7 +1107,13 @@ class _Execution(Generic[S]):
         record = _new_record(SagaRecord, (_COMPLETED, name, attempt, self.now(), data))
         self.pending.append(record)
         self.log.append(record)
-        self._finish_step(step, completed=True, uncertain=False)
+        # _finish_step(step, completed=True, uncertain=False), inlined (once per step)
+        self.done.add(name)
+        kind = step.kind
+        if kind is StepKind.COMPENSATABLE:
+            self.undo.setdefault(name, None)
+        elif kind is StepKind.PIVOT:
+            self.past_pivot = True
         hooks = self.orch.hooks
         if hooks.step_succeeded:
             fire(hooks.step_succeeded, self.saga_id, name, attempt)

@@ -124,20 +124,14 @@ class MemorySagaStore:
         fencing_token: int,
     ) -> int:
         """Append atomically with version and fencing checks (see `SagaStore.append`)."""
-        return self._append_now(
-            saga_id, records, expected_version=expected_version, fencing_token=fencing_token
-        )
+        return self._append_now(saga_id, records, expected_version, fencing_token)
 
     def _append_now(
-        self,
-        saga_id: str,
-        records: Sequence[SagaRecord],
-        *,
-        expected_version: int,
-        fencing_token: int,
+        self, saga_id: str, records: Sequence[SagaRecord], expected_version: int, fencing_token: int
     ) -> int:
         # `append` without a coroutine, for the orchestrator as `_create_now`. Every
-        # check comes before the first change, so a refused append changes nothing.
+        # check comes before the first change, so a refused append changes nothing;
+        # the records are copied, so the caller may reuse its list.
         if self._closed:
             raise StoreError("the store is closed")
         if type(records) is not JsonRecords:  # the orchestrator's own are JSON already
