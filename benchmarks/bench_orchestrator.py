@@ -30,7 +30,7 @@ import sys
 import time
 import tracemalloc
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from typing import Any
 
 from pydantic import BaseModel
 
@@ -332,24 +332,16 @@ def make_cqrs(fail: bool) -> Callable[[], Awaitable[object]] | None:
 # --- harness -----------------------------------------------------------------------
 
 
-@dataclass
-class Figure:
-    name: str
-    rate: float
-
-
-def median_rate(runs: int, total: int, body: Callable[[], Awaitable[None]]) -> float:
-    rates = []
-    for _ in range(runs):
-        gc.collect()
-        start = time.perf_counter()
-        asyncio.run(body())
-        rates.append(total / (time.perf_counter() - start))
-    return statistics.median(rates)
+def rate_of(total: int, body: Callable[[], Awaitable[None]]) -> float:
+    """Sagas per second of one run of ``body`` (``total`` sagas), on a new event loop."""
+    gc.collect()
+    start = time.perf_counter()
+    asyncio.run(body())
+    return total / (time.perf_counter() - start)
 
 
 def sequential(
-    make: Callable[[bool], Callable[[], Awaitable[object]] | None], fail: bool, n: int, runs: int
+    make: Callable[[bool], Callable[[], Awaitable[object]] | None], fail: bool, n: int
 ) -> float | None:
     if make(fail) is None:
         return None
@@ -360,10 +352,10 @@ def sequential(
         for _ in range(n):
             await one()
 
-    return median_rate(runs, n, body)
+    return rate_of(n, body)
 
 
-def concurrent(make, fail: bool, batch: int, batches: int, runs: int) -> float | None:
+def concurrent(make, fail: bool, batch: int, batches: int) -> float | None:
     if make(fail) is None:
         return None
 
@@ -372,7 +364,27 @@ def concurrent(make, fail: bool, batch: int, batches: int, runs: int) -> float |
         for _ in range(batches):
             await asyncio.gather(*(one() for _ in range(batch)))
 
-    return median_rate(runs, batch * batches, body)
+    return rate_of(batch * batches, body)
+
+
+def interleaved(
+    runs: int, makers: dict[str, Any], one_run: Callable[[Any], float | None]
+) -> dict[str, list[float] | None]:
+    """``runs`` rounds, each running every implementation once, in turn.
+
+    The machine is shared and its speed drifts within seconds: comparing
+    implementations inside one round, then taking the median over rounds, keeps
+    a slow spell from landing on one implementation only.
+    """
+    rates: dict[str, list[float] | None] = {name: [] for name in makers}
+    for _ in range(runs):
+        for name, make in makers.items():
+            rate = one_run(make)
+            if rate is None:
+                rates[name] = None
+            elif (kept := rates[name]) is not None:
+                kept.append(rate)
+    return rates
 
 
 def peak_memory_in_flight(count: int) -> tuple[float, float]:
@@ -419,18 +431,27 @@ def peak_memory_in_flight(count: int) -> tuple[float, float]:
     return current / 2**20, peak / 2**20
 
 
-def report(title: str, figures: dict[str, float | None]) -> None:
-    limit = figures["hand-written"]
-    ours = figures["sagaflow"]
+def report(title: str, rates: dict[str, list[float] | None]) -> None:
+    """Print median rates, and ratios as medians of the per-round ratios."""
+    limit = rates["hand-written"]
+    ours = rates["sagaflow"]
+    assert limit is not None
+    assert ours is not None
+
+    def ratio(a: list[float], b: list[float]) -> float:
+        return statistics.median(x / y for x, y in zip(a, b, strict=True))
+
     print(f"\n{title}")
     print(f"  {'implementation':<14} {'sagas/s':>12} {'vs hand-written':>16} {'sagaflow is':>12}")
-    for name, rate in figures.items():
-        if rate is None:
+    for name, runs in rates.items():
+        if runs is None:
             print(f"  {name:<14} {'(not installed)':>12}")
             continue
-        ratio = rate / limit if limit else 0
-        speedup = f"{ours / rate:.2f}x" if ours and name not in ("sagaflow", "hand-written") else ""
-        print(f"  {name:<14} {rate:12,.0f} {ratio:15.3f}x {speedup:>12}")
+        versus = f"{ratio(ours, runs):.2f}x" if name not in ("sagaflow", "hand-written") else ""
+        print(
+            f"  {name:<14} {statistics.median(runs):12,.0f} "
+            f"{ratio(runs, limit):15.3f}x {versus:>12}"
+        )
 
 
 def main() -> None:
@@ -454,15 +475,20 @@ def main() -> None:
         "sagaflow": make_sagaflow,
         "python-cqrs": make_cqrs,
     }
-    print(f"python {sys.version.split()[0]}; medians of {runs} runs")
+    print(
+        f"python {sys.version.split()[0]}; medians of {runs} interleaved rounds "
+        "(ratios: median of the ratios within each round)"
+    )
     for title, fail in (("happy path", False), ("failure path (step 3 fails)", True)):
         report(
             f"{title}, sequential ({n:,} sagas)",
-            {name: sequential(make, fail, n, runs) for name, make in makers.items()},
+            interleaved(runs, makers, lambda make, fail=fail: sequential(make, fail, n)),
         )
         report(
             f"{title}, 1,000 concurrent ({batches} batches)",
-            {name: concurrent(make, fail, 1_000, batches, runs) for name, make in makers.items()},
+            interleaved(
+                runs, makers, lambda make, fail=fail: concurrent(make, fail, 1_000, batches)
+            ),
         )
     current, peak = peak_memory_in_flight(2_000 if args.quick else 10_000)
     count = 2_000 if args.quick else 10_000
