@@ -19,16 +19,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import itertools
 import logging
 import random
 import sys
 import time
 import uuid
-from collections.abc import Awaitable, Coroutine, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, NamedTuple, TypeVar
 
 from pydantic import BaseModel, ValidationError
 from pydantic_core import to_jsonable_python
@@ -479,54 +478,69 @@ def apply_result(state: S, result: StepResult) -> tuple[S, Any]:
     """
     if result is None:
         return state, None
+    if type(result) is not dict:  # the usual case is a dict of updates
+        return _apply_other(state, result)
+    if not result:
+        return state, None
     model = type(state)
-    if type(result) is dict:  # the usual case; skips the isinstance checks below
-        pass
-    elif isinstance(result, BaseModel):
+    shape = _SHAPES.get(model) or _shape_of(model)
+    if not shape.fields.issuperset(result):
+        unknown = next(key for key in result if key not in shape.fields)
+        raise SchemaError(f"step updated unknown state field {unknown!r} of {model.__name__}")
+    try:
+        new_state: S = shape.validate({**state.__dict__, **result})
+    except ValidationError as exc:
+        raise SchemaError(f"state is invalid after the step's updates: {exc}") from exc
+    # Log the validated values in JSON form, exactly as every store will return them.
+    if shape.plain:
+        values = new_state.__dict__
+        return new_state, {
+            key: value if type(value := values[key]) in _JSON_SCALARS else to_jsonable_python(value)
+            for key in result
+        }
+    return new_state, new_state.model_dump(mode="json", include=set(result))
+
+
+def _apply_other(state: S, result: StepResult) -> tuple[S, Any]:
+    """`apply_result` for a result that is not a plain dict: a model or another mapping."""
+    model = type(state)
+    if isinstance(result, BaseModel):
         if not isinstance(result, model):
             raise SchemaError(f"step returned a {type(result).__name__}, expected {model.__name__}")
         return result, result.model_dump(mode="json")
-    elif not isinstance(result, Mapping):
+    if not isinstance(result, Mapping):
         raise SchemaError(
             f"step returned {type(result).__name__}; return a mapping of state updates, "
             f"a {model.__name__}, or None"
         )
-    if not result:
-        return state, None
-    fields = model.__pydantic_fields__
-    if not result.keys() <= fields.keys():
-        unknown = next(key for key in result if key not in fields)
-        raise SchemaError(f"step updated unknown state field {unknown!r} of {model.__name__}")
-    merged = state.__dict__.copy()  # field values only; cheaper than dict(state)
-    merged.update(result)
-    try:
-        # The validator model_validate calls, without its wrapper (a hot path).
-        new_state: S = model.__pydantic_validator__.validate_python(merged)
-    except ValidationError as exc:
-        raise SchemaError(f"state is invalid after the step's updates: {exc}") from exc
-    # Log the validated values in JSON form, exactly as every store will return them.
-    if _plain_serialization(model):
-        values = new_state.__dict__
-        logged = {}
-        for key in result:
-            value = values[key]
-            logged[key] = value if type(value) in _JSON_SCALARS else to_jsonable_python(value)
-        return new_state, logged
-    return new_state, new_state.model_dump(mode="json", include=set(result))
+    return apply_result(state, dict(result))
 
 
 _JSON_SCALARS = frozenset({str, int, float, bool, type(None)})
 
 
-@functools.cache
-def _plain_serialization(model: type[BaseModel]) -> bool:
-    """Whether this model's field values serialize alone (no serializers of its own).
+class _Shape(NamedTuple):
+    """What `apply_result` needs of a state model, looked up once per model."""
 
-    Nested models are serialized by their own serializers through
-    to_jsonable_python, which honours them; only this model's hooks need the full dump.
-    """
+    fields: frozenset[str]
+    validate: Callable[[Any], Any]  # model_validate's validator, without its wrapper
+    plain: bool  # field values serialize alone: the model has no serializers of its own
+
+
+_SHAPES: dict[type[BaseModel], _Shape] = {}
+
+
+def _shape_of(model: type[BaseModel]) -> _Shape:
+    # Nested models are serialized by their own serializers through
+    # to_jsonable_python, which honours them; only this model's hooks need the full dump.
     decorators = model.__pydantic_decorators__
-    return not (decorators.field_serializers or decorators.model_serializers)
+    shape = _Shape(
+        fields=frozenset(model.__pydantic_fields__),
+        validate=model.__pydantic_validator__.validate_python,
+        plain=not (decorators.field_serializers or decorators.model_serializers),
+    )
+    _SHAPES[model] = shape
+    return shape
 
 
 def replay_state(saga: Saga[S], records: Sequence[SagaRecord]) -> S:
