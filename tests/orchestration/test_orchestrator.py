@@ -131,6 +131,49 @@ async def test_retries_recover_transient_failures():
     assert svc.calls.count("charge") == 3
 
 
+@pytest.mark.parametrize("step_timeout", [None, 30.0])
+async def test_each_attempts_error_stands_alone(step_timeout):
+    # Steps without a timeout have their first attempt run by the stage loop and
+    # later ones by the retry loop; either way an attempt's error is not chained
+    # to the one before it.
+    errors = []
+
+    class Failures(SagaHooks):
+        def step_failed(self, saga_id, step, attempt, error, will_retry):
+            errors.append(error)
+
+    async def charge(ctx):
+        raise RuntimeError(f"attempt {ctx.attempt}")
+
+    saga = Saga(
+        "s",
+        state=Order,
+        steps=[Step("charge", charge, kind=StepKind.PIVOT, retry=FAST, timeout=step_timeout)],
+    )
+    result = await Orchestrator(hooks=[Failures()]).run(saga, {"order_id": "x"})
+    assert result.status is SagaStatus.COMPENSATED
+    assert [str(e) for e in errors] == ["attempt 1", "attempt 2", "attempt 3"]
+    assert all(e.__context__ is None and e.__cause__ is None for e in errors)
+
+
+async def test_the_retry_deadline_counts_from_the_first_attempt():
+    clock = FakeClock(auto_advance=True)
+    attempts = []
+
+    async def charge(ctx):
+        attempts.append(ctx.attempt)
+        await clock.sleep(10)
+        raise RuntimeError("slow and failing")
+
+    policy = RetryPolicy(max_attempts=10, initial_delay=0, jitter=False, deadline=25)
+    saga = Saga("s", state=Order, steps=[Step("charge", charge, kind=StepKind.PIVOT, retry=policy)])
+    result = await Orchestrator(clock=clock).run(saga, {"order_id": "x"})
+    assert result.status is SagaStatus.COMPENSATED
+    # 10 s per attempt: the third ends at 30 s, past the 25 s deadline counted
+    # from the first attempt's start (not from the second's).
+    assert attempts == [1, 2, 3]
+
+
 async def test_non_retryable_error_fails_at_once():
     calls = []
 

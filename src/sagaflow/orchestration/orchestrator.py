@@ -948,7 +948,7 @@ class _Execution(Generic[S]):
             elif (step := stage[0]).timeout is None and step.action_is_async:
                 # The usual step's first attempt runs here rather than in run_step:
                 # a coroutine less per step on the hottest path of the library.
-                # What is not a success goes on in _after_first_failure.
+                # A failed first attempt is logged here and retried by run_step.
                 name = step.name
                 attempt = self.attempts.get(name, 0) + 1
                 self.attempts[name] = attempt
@@ -969,43 +969,31 @@ class _Execution(Generic[S]):
                     self._attempt_cancelled(step, attempt)
                     raise
                 except Exception as exc:
-                    failure = await self._after_first_failure(step, exc, attempt, first_start)
-                    if failure is not None:
-                        # This frame is in the error's traceback: a local naming the
-                        # error would make a cycle, left for the garbage collector.
-                        try:
-                            return failure
-                        finally:
-                            del failure
+                    uncertain = isinstance(exc, StepTimeoutError | SchemaError)
+                    policy = saga.plan(name).retry
+                    if not self._attempt_failed(step, policy, exc, attempt, uncertain, first_start):
+                        # Returned straight from here: this frame is in the error's
+                        # traceback, so a local naming the error would make a cycle.
+                        return exc, name
                 else:
                     self._step_completed(step, attempt, updates)
+                    self.stage += 1
+                    continue
+                # Retried after the except block, so that the errors of later
+                # attempts are not chained to this one.
+                orch = self.orch
+                await orch.clock.sleep(policy.delay(attempt, orch.rng))
+                outcome = await self.run_step(
+                    step, saga.plan(name), first_start=first_start, uncertain=uncertain
+                )
+                if outcome.error is not None:
+                    return outcome.error, name
             else:
                 outcome = await self.run_step(step, saga.plan(step.name))
                 if outcome.error is not None:
                     return outcome.error, step.name
             self.stage += 1
         return None
-
-    async def _after_first_failure(
-        self, step: Step, error: Exception, attempt: int, first_start: float
-    ) -> tuple[BaseException, str] | None:
-        """Go on after a first attempt that `_stages` ran failed: log it, maybe retry.
-
-        Returns:
-            (error, step name) if the step failed for good, else None.
-        """
-        plan = self.saga.plan(step.name)
-        policy = plan.retry
-        uncertain = isinstance(error, StepTimeoutError | SchemaError)
-        final: BaseException = error
-        if self._attempt_failed(step, policy, error, attempt, uncertain, first_start):
-            orch = self.orch
-            await orch.clock.sleep(policy.delay(attempt, orch.rng))
-            outcome = await self.run_step(step, plan, first_start=first_start, uncertain=uncertain)
-            if outcome.error is None:
-                return None
-            final = outcome.error
-        return final, step.name
 
     async def run_parallel(self, stage: tuple[Step, ...]) -> tuple[BaseException, str] | None:
         """Run branches concurrently; on the first failure cancel the rest."""
