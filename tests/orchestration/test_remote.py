@@ -190,7 +190,13 @@ async def test_remote_steps_over_redis(redis_url):
         transports.append(transport)
         return EventBus(transport, registry=registry, topic_for=lambda name: f"{prefix}.{name}")
 
-    result, warehouse = await run_scenario(make, init={"decline": True})
+    try:
+        result, warehouse = await run_scenario(make, init={"decline": True})
+    finally:
+        # The buses were handed their transports, so they leave closing them to us;
+        # left open, their connections warn when collected, during a later test.
+        for transport in transports:
+            await transport.close()
     assert result.status is SagaStatus.COMPENSATED
     assert warehouse.calls == ["reserve", "charge", "release"]
     import redis.asyncio as aioredis
