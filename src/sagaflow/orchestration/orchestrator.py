@@ -786,15 +786,11 @@ class _Execution(Generic[S]):
             return False
         orch = self.orch
         try:
-            self.claim = store._create_now(
-                self.saga_id, records, owner=orch.owner, lease=orch.lease
-            )
+            created = store._create_now(self.saga_id, records, owner=orch.owner, lease=orch.lease)
         except SagaflowError:
             return False
-        self.version = len(records)
+        self._created(created, len(records))
         records.clear()
-        if orch.hooks.saga_started:
-            fire(orch.hooks.saga_started, self.saga_id, self.saga.name)
         return True
 
     async def _locked_write(self) -> None:
@@ -865,10 +861,15 @@ class _Execution(Generic[S]):
         if self.version:  # created before, then the lease was lost
             raise FencedError(self.saga_id, fencing_token=-1, current_token=-1)
         records, self.pending = self.pending, JsonRecords()
-        self.claim = await self.store.create(
+        claim = await self.store.create(
             self.saga_id, records, owner=self.orch.owner, lease=self.orch.lease
         )
-        self.version = len(records)
+        self._created(claim, len(records))
+
+    def _created(self, claim: Claim, count: int) -> None:
+        """Note that the store created the saga with its first ``count`` records."""
+        self.claim = claim
+        self.version = count
         hooks = self.orch.hooks
         if hooks.saga_started:
             fire(hooks.saga_started, self.saga_id, self.saga.name)
@@ -1109,13 +1110,7 @@ class _Execution(Generic[S]):
         record = _new_record(SagaRecord, (_COMPLETED, name, attempt, self.now(), data))
         self.pending.append(record)
         self.log.append(record)
-        # _finish_step(step, completed=True, uncertain=False), inlined (once per step)
-        self.done.add(name)
-        kind = step.kind
-        if kind is StepKind.COMPENSATABLE:
-            self.undo.setdefault(name, None)
-        elif kind is StepKind.PIVOT:
-            self.past_pivot = True
+        self._finish_step(step, completed=True, uncertain=False)
         hooks = self.orch.hooks
         if hooks.step_succeeded:
             fire(hooks.step_succeeded, self.saga_id, name, attempt)
