@@ -5,8 +5,9 @@ hides a 5% change. Valgrind's callgrind counts the instructions the interpreter
 executes instead: the same code gives the same count, run after run (to within
 a fraction of a percent: garbage collection and hash seeds vary).
 
-For each implementation of `bench_orchestrator.py` (sagaflow, and the "hand +
-log" floor that does only the work sagaflow's guarantees require) it runs the
+For each implementation of `bench_orchestrator.py` (hand-written, the "hand +
+log" floor that does only the work sagaflow's guarantees require, sagaflow and
+python-cqrs, if the ``bench`` extra is installed) it runs the
 happy or failure path twice, with ``--base`` and ``--base + --sagas`` sagas, and
 divides the difference by ``--sagas``: start-up and imports cancel out.
 
@@ -26,7 +27,12 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-IMPLEMENTATIONS = ("sagaflow", "hand + log")
+IMPLEMENTATIONS = {
+    "hand-written": "make_hand",
+    "hand + log": "make_hand_logged",
+    "sagaflow": "make_sagaflow",
+    "python-cqrs": "make_cqrs",
+}
 
 
 def run_sagas(implementation: str, fail: bool, count: int) -> None:
@@ -34,8 +40,9 @@ def run_sagas(implementation: str, fail: bool, count: int) -> None:
     sys.path.insert(0, str(HERE))
     import bench_orchestrator as bench
 
-    make = bench.make_sagaflow if implementation == "sagaflow" else bench.make_hand_logged
-    one = make(fail)
+    one = getattr(bench, IMPLEMENTATIONS[implementation])(fail)
+    if one is None:
+        sys.exit(f"{implementation} is not installed")
 
     async def main() -> None:
         for _ in range(count):
@@ -72,6 +79,13 @@ def per_saga(implementation: str, fail: bool, base: int, sagas: int) -> float:
     return (high - low) / sagas
 
 
+def cqrs_installed() -> bool:
+    sys.path.insert(0, str(HERE))
+    import bench_orchestrator as bench
+
+    return bench.make_cqrs(False) is not None
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--path", choices=("happy", "failure", "both"), default="both")
@@ -91,11 +105,16 @@ def main() -> None:
         counts = {
             name: per_saga(name, path == "failure", args.base, args.sagas)
             for name in IMPLEMENTATIONS
+            if name != "python-cqrs" or cqrs_installed()
         }
         floor = counts["hand + log"]
+        ours = counts["sagaflow"]
         print(f"\n{path} path")
+        print(
+            f"  {'implementation':<14} {'instructions':>12} {'/ the floor':>12} {'/ sagaflow':>11}"
+        )
         for name, count in counts.items():
-            print(f"  {name:<12} {count:12,.0f}   {count / floor:5.2f}x the floor")
+            print(f"  {name:<14} {count:12,.0f} {count / floor:11.2f}x {count / ours:10.2f}x")
 
 
 if __name__ == "__main__":
