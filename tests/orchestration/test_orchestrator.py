@@ -318,6 +318,43 @@ async def test_cancelling_again_while_compensations_suspend_does_not_stop_them()
     assert (await turned_back_on(store, "c2"))["message"] == "card declined"
 
 
+async def test_a_compensation_that_times_out_is_retried_by_its_own_task():
+    attempts = []
+
+    async def undo_hangs_once(ctx):
+        attempts.append(ctx.attempt)
+        if ctx.attempt == 1:
+            await asyncio.sleep(3600)  # cut off by compensation_timeout
+
+    saga = Saga(
+        "s",
+        state=Order,
+        steps=[
+            Step(
+                "a",
+                nothing,
+                compensate=undo_hangs_once,
+                compensation_timeout=0.02,
+                compensation_retry=RetryPolicy(max_attempts=2, initial_delay=0),
+            ),
+            Step("b", raising(ValueError, "card declined"), compensate=undo_hangs_once),
+        ],
+        retry=RetryPolicy.no_retry(),
+    )
+    result = await Orchestrator().run(saga, {"order_id": "x"})
+    assert result.status is SagaStatus.COMPENSATED
+    assert attempts == [1, 2]
+    failed = [r for r in result.records if r.kind is RecordKind.COMPENSATION_FAILED]
+    assert [r.data["error"] for r in failed] == [
+        {
+            "type": "StepTimeoutError",
+            "message": "compensation of step 'a' attempt 1 exceeded 0.02 s",
+        }
+    ]
+    # The timeout cancelled the compensations' task, never the caller's.
+    assert asyncio.current_task().cancelling() == 0
+
+
 async def test_a_compensation_failing_after_it_suspended_parks_the_saga():
     async def undo_later_fails(ctx):
         await asyncio.sleep(0)

@@ -22,7 +22,6 @@ import contextlib
 import itertools
 import logging
 import random
-import sys
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
@@ -32,6 +31,7 @@ from typing import TYPE_CHECKING, Any, Generic, NamedTuple, TypeVar
 from pydantic import BaseModel, ValidationError
 from pydantic_core import to_jsonable_python
 
+from sagaflow._eager import start_eagerly
 from sagaflow.clock import Clock, SystemClock
 from sagaflow.errors import (
     ConcurrencyError,
@@ -81,8 +81,6 @@ _new_record = tuple.__new__
 _STARTED = RecordKind.STEP_STARTED
 _COMPLETED = RecordKind.STEP_COMPLETED
 _FAILED = RecordKind.STEP_FAILED
-# Tasks that run their first step at once, inside create: Python 3.12+.
-_EAGER_TASKS = sys.version_info >= (3, 12)
 
 
 class Orchestrator:
@@ -1225,8 +1223,17 @@ class _Execution(Generic[S]):
                 if step.compensation_timeout is None:
                     result = await _call(step.compensate, step.compensate_is_async, context)
                 else:
-                    async with clock.timeout(step.compensation_timeout):
-                        result = await _call(step.compensate, step.compensate_is_async, context)
+                    try:
+                        async with clock.timeout(step.compensation_timeout):
+                            result = await _call(step.compensate, step.compensate_is_async, context)
+                    except TimeoutError:
+                        raise StepTimeoutError(
+                            f"compensation of step {step.name!r} attempt {attempt} exceeded "
+                            f"{step.compensation_timeout} s",
+                            saga_id=self.saga_id,
+                            step=step.name,
+                            attempt=attempt,
+                        ) from None
                 self.state, updates = apply_result(self.state, result)
             except Exception as exc:
                 elapsed = clock.monotonic() - first_start
@@ -1275,11 +1282,11 @@ async def _shielded(coro: Coroutine[Any, Any, T]) -> T:
 
     Compensations must finish: a second cancellation while they run is absorbed
     and re-raised once they are done. They run in a task of their own, which is
-    what shields them; on Python 3.12+ the task starts eagerly, so compensations
-    that finish without suspending (in-memory stores, quick services) cost no
-    trip through the event loop.
+    what shields them; the task starts eagerly (see `start_eagerly`), so
+    compensations that finish without suspending (in-memory stores, quick
+    services) cost no trip through the event loop.
     """
-    task = _start_task(coro)
+    task = start_eagerly(coro)
     if task.done():
         return task.result()
     cancelled = False
@@ -1294,12 +1301,3 @@ async def _shielded(coro: Coroutine[Any, Any, T]) -> T:
     if cancelled:
         raise asyncio.CancelledError
     return result
-
-
-def _start_task(coro: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
-    loop = asyncio.get_running_loop()
-    if _EAGER_TASKS:
-        # The task is current while its first step runs, so asyncio.timeout and
-        # current_task() inside a compensation see the task that continues it.
-        return asyncio.Task(coro, loop=loop, eager_start=True)  # type: ignore[call-arg,unused-ignore]
-    return loop.create_task(coro)
