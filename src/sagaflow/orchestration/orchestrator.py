@@ -1208,7 +1208,7 @@ class _Execution(Generic[S]):
         policy = plan.compensation_retry
         key = f"{step.name}:compensate"
         attempt = self.attempts.get(key, 0) + 1
-        first_start = clock.monotonic()
+        first_start = orch._monotonic()
         while True:
             self.attempts[key] = attempt
             self.record(RecordKind.COMPENSATION_STARTED, step.name, attempt)
@@ -1220,23 +1220,15 @@ class _Execution(Generic[S]):
                 self.saga_id, self.saga.name, step.name, attempt, self.state, compensating=True
             )
             try:
-                if step.compensation_timeout is None:
-                    result = await _call(step.compensate, step.compensate_is_async, context)
+                if step.compensation_timeout is not None:
+                    result = await self._compensate_within_timeout(step, context)
+                elif step.compensate_is_async:  # the usual case: one coroutine less
+                    result = await step.compensate(context)  # type: ignore[misc]
                 else:
-                    try:
-                        async with clock.timeout(step.compensation_timeout):
-                            result = await _call(step.compensate, step.compensate_is_async, context)
-                    except TimeoutError:
-                        raise StepTimeoutError(
-                            f"compensation of step {step.name!r} attempt {attempt} exceeded "
-                            f"{step.compensation_timeout} s",
-                            saga_id=self.saga_id,
-                            step=step.name,
-                            attempt=attempt,
-                        ) from None
+                    result = await asyncio.to_thread(step.compensate, context)
                 self.state, updates = apply_result(self.state, result)
             except Exception as exc:
-                elapsed = clock.monotonic() - first_start
+                elapsed = orch._monotonic() - first_start
                 retry = policy.should_retry(exc, attempt=attempt, elapsed=elapsed)
                 self.record(
                     RecordKind.COMPENSATION_FAILED,
@@ -1261,6 +1253,26 @@ class _Execution(Generic[S]):
             if hooks.step_compensated:
                 fire(hooks.step_compensated, self.saga_id, step.name, attempt)
             return None
+
+    async def _compensate_within_timeout(self, step: Step, context: StepContext[S]) -> StepResult:
+        """Run one attempt of a compensation that has a timeout of its own.
+
+        Raises:
+            StepTimeoutError: The attempt exceeded ``step.compensation_timeout``.
+        """
+        assert step.compensate is not None
+        assert step.compensation_timeout is not None
+        try:
+            async with self.orch.clock.timeout(step.compensation_timeout):
+                return await _call(step.compensate, step.compensate_is_async, context)
+        except TimeoutError:
+            raise StepTimeoutError(
+                f"compensation of step {step.name!r} attempt {context.attempt} exceeded "
+                f"{step.compensation_timeout} s",
+                saga_id=self.saga_id,
+                step=step.name,
+                attempt=context.attempt,
+            ) from None
 
 
 _CANCELLED = {"type": "CancelledError", "message": "the attempt was cancelled"}
