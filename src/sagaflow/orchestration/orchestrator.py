@@ -1225,7 +1225,7 @@ class _Execution(Generic[S]):
                 elif step.compensate_is_async:  # the usual case: one coroutine less
                     result = await step.compensate(context)  # type: ignore[misc]
                 else:
-                    result = await asyncio.to_thread(step.compensate, context)
+                    result = await _call(step.compensate, False, context)
                 self.state, updates = apply_result(self.state, result)
             except Exception as exc:
                 elapsed = orch._monotonic() - first_start
