@@ -9,6 +9,9 @@ the current one, so ``asyncio.current_task()`` and ``asyncio.timeout()`` inside
 it see the task that goes on running it, exactly as on 3.12. Measured on this
 library's failure path (two compensations, in memory): about 92,000
 instructions a saga for the trip through the loop, a quarter of the saga.
+The price on 3.11: a task that does suspend is resumed by Python code rather
+than C, about 0.7 µs more per resumption on the development VM (a loop of
+``await asyncio.sleep(0)``), nothing next to the I/O it suspended for.
 """
 
 from __future__ import annotations
