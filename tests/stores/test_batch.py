@@ -247,6 +247,41 @@ async def test_run_when_idle_runs_in_the_callers_task_and_later_writes_batch_aft
     assert batcher.idle
 
 
+async def test_run_with_a_failing_batch_settles_the_write_and_stays_usable() -> None:
+    def body(batch: list[PendingWrite]) -> None:
+        if batch[0].payload == "boom":
+            raise RuntimeError("boom")
+        FakeStore.settle_all(batch)
+
+    batcher = Batcher(FakeStore(body))
+    failing = write("a", "boom")
+    with pytest.raises(RuntimeError, match="boom"):
+        await batcher.run(failing)
+    assert failing.future.done()  # settled with the error, not left pending
+    assert batcher.idle
+    assert await batcher.run(write("a", "fine")) == "fine"
+
+
+async def test_run_caller_cancelled_mid_batch_leaves_queued_writes_to_a_drainer() -> None:
+    store = FakeStore()
+    store.hold()
+    batcher = Batcher(store)
+    own = write("a")
+    caller = asyncio.create_task(batcher.run(own))
+    await store.entered.wait()
+    queued = batcher.submit(write("b"))
+    caller.cancel()  # interrupts its own batch of one, nothing else
+    with pytest.raises(asyncio.CancelledError):
+        await caller
+    assert own.future.done()
+    store.release.set()
+    assert await queued == "b"
+    await batcher.wait_idle()
+    assert store.batches == [["a"], ["b"]]
+    assert store.completed == [["b"]]
+    assert batcher.idle
+
+
 @pytest.mark.parametrize("seed", range(8))
 async def test_random_cancellations_and_failures_leave_no_write_pending(seed: int) -> None:
     rng = random.Random(seed)

@@ -84,6 +84,11 @@ class Batcher:
         self._busy = True
         try:
             await self._run_batch([write])
+        except Exception as exc:  # run_batch should not raise; the error goes through the future
+            write.settle(error=exc)
+        except BaseException:  # the caller was cancelled mid-batch: it gives up its write
+            write.future.cancel()
+            raise
         finally:
             self._after_batch()
         return await write.future
