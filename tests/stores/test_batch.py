@@ -282,6 +282,30 @@ async def test_run_caller_cancelled_mid_batch_leaves_queued_writes_to_a_drainer(
     assert batcher.idle
 
 
+async def test_drainer_cancelled_mid_batch_settles_its_writes_and_a_new_drainer_runs_the_rest() -> (
+    None
+):
+    store = FakeStore()
+    store.hold()
+    batcher = Batcher(store)
+    in_flight = [batcher.submit(write(s)) for s in "ab"]
+    await store.entered.wait()
+    queued = batcher.submit(write("a", "later"))
+    waiter = asyncio.create_task(batcher.wait_idle())
+    await asyncio.sleep(0)
+    drainer = store.tasks[0]
+    assert drainer is not None
+    drainer.cancel()  # e.g. the task running the batch is torn down
+    for future in in_flight:
+        with pytest.raises(asyncio.CancelledError):
+            await future
+    store.release.set()
+    assert await queued == "later"
+    await waiter  # returns normally: wait_idle's caller was not cancelled
+    assert store.batches == [["a", "b"], ["a"]]
+    assert batcher.idle
+
+
 @pytest.mark.parametrize("seed", range(8))
 async def test_random_cancellations_and_failures_leave_no_write_pending(seed: int) -> None:
     rng = random.Random(seed)

@@ -105,7 +105,9 @@ class Batcher:
         """Return once every submitted write has been run."""
         while self._busy:
             if self._drainer is not None:
-                await asyncio.shield(self._drainer)
+                # Not shield(): a drainer that was cancelled must not look like this
+                # caller's cancellation; the drainer it leaves behind is waited for next.
+                await asyncio.wait((self._drainer,))
             else:
                 await asyncio.sleep(0.001)
 
