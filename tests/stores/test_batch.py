@@ -203,6 +203,22 @@ async def test_caller_cancelled_while_its_write_is_in_flight_does_not_interrupt_
     assert batcher.idle
 
 
+async def test_writes_all_cancelled_before_their_batch_make_no_batch() -> None:
+    store = FakeStore()
+    store.hold()
+    batcher = Batcher(store)
+    first = batcher.submit(write("a"))
+    await store.entered.wait()
+    dropped = [write("b"), write("c")]
+    for w in dropped:
+        batcher.submit(w).cancel()
+    store.release.set()
+    assert await first == "a"
+    await batcher.wait_idle()
+    assert store.batches == [["a"]]  # no empty batch for the store to run
+    assert batcher.idle
+
+
 async def test_wait_idle_returns_once_queued_writes_have_run() -> None:
     store = FakeStore()
     store.hold()

@@ -122,6 +122,8 @@ class Batcher:
         try:
             while self._pending:
                 batch = self._take()
+                if not batch:
+                    continue  # every write left was cancelled before it was sent
                 try:
                     await self._run_batch(batch)
                 except BaseException as exc:  # run_batch should not raise; never strand callers
