@@ -90,6 +90,8 @@ def test_bad_urls_are_configuration_errors(url: str) -> None:
     ("url", "masked"),
     [
         ("postgresql://u:s3cret@h:5432/db", "postgresql://u:***@h:5432/db"),
+        ("postgresql://u:s3cret@h:port/db", "postgresql://u:***@h:port/db"),  # bad port
+        ("postgresql://u:s3:c@r@[::1]:5432,h2/db", "postgresql://u:***@[::1]:5432,h2/db"),
         ("postgresql://u@h/db?password=s3cret&x=1", "postgresql://u@h/db?password=***&x=1"),
         ("host=h password=s3cret user=u", "host=h password=*** user=u"),
         ("postgresql://u@h/db", "postgresql://u@h/db"),
