@@ -87,6 +87,39 @@ def test_bad_urls_are_configuration_errors(url: str) -> None:
 
 
 @pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql://u:pw@h:port/db",
+        "postgresql://u:pw@h:0/db",
+        "postgresql://u:pw@h:65536/db",
+        "postgresql://h1:5432,h2:x/db",
+        "postgresql://u:pw@[::1]:port/db",
+    ],
+)
+def test_bad_postgres_ports_are_refused_before_connecting(url: str) -> None:
+    with pytest.raises(ConfigurationError, match="is not a number from 1 to 65535") as caught:
+        open_store(url)
+    assert "pw" not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql://u:pw@h:5432/db",
+        "postgresql://h/db",
+        "postgresql://h:/db",
+        "postgresql://h1:5432,h2,h3:6543/db",
+        "postgresql://u@[::1]:5432/db",
+        "postgresql:///db?host=/var/run/postgresql",
+    ],
+)
+async def test_good_postgres_ports_are_accepted(url: str) -> None:
+    store = open_store(url)
+    assert isinstance(store, PostgresSagaStore)
+    await store.close()
+
+
+@pytest.mark.parametrize(
     ("url", "masked"),
     [
         ("postgresql://u:s3cret@h:5432/db", "postgresql://u:***@h:5432/db"),

@@ -100,6 +100,7 @@ def _sqlite_option(key: str, value: str) -> Any:
 
 def _postgres(url: str, clock: Clock | None, options: dict[str, Any]) -> SagaStore:
     parts = urlsplit(url)
+    _check_ports(parts.netloc, url)
     query = [p for p in parts.query.split("&") if p]
     kept = []
     for item in query:
@@ -112,3 +113,17 @@ def _postgres(url: str, clock: Clock | None, options: dict[str, Any]) -> SagaSto
     module = importlib.import_module("sagaflow.stores.postgres")
     store: SagaStore = module.PostgresSagaStore(conninfo, clock=clock, **options)
     return store
+
+
+def _check_ports(netloc: str, url: str) -> None:
+    """Refuse a port that is not 1-65535 now: the driver would only fail when connecting."""
+    for host in netloc.rpartition("@")[2].split(","):  # libpq allows host1:port1,host2:port2
+        if host.startswith("["):  # [IPv6]:port
+            port = host.partition("]")[2].removeprefix(":")
+        else:
+            port = host.partition(":")[2]
+        if port and not (port.isascii() and port.isdigit() and 0 < int(port) < 65536):
+            raise ConfigurationError(
+                f"bad PostgreSQL URL {mask_url(url)!r}: port {port!r} is not a number "
+                "from 1 to 65535"
+            )
