@@ -147,7 +147,7 @@ def _add_sagas(commands: Any) -> None:
         description="Inspect and operate sagas. Operator commands write to the log; "
         "a worker running the saga's code continues the saga.",
     )
-    actions = sagas.add_subparsers(title="actions", metavar="ACTION")
+    actions = sagas.add_subparsers(title="actions", metavar="ACTION", required=True)
 
     def with_store(sub: argparse.ArgumentParser) -> argparse.ArgumentParser:
         sub.add_argument(
@@ -161,7 +161,13 @@ def _add_sagas(commands: Any) -> None:
 
     listing = with_store(actions.add_parser("list", help="list sagas, newest first"))
     listing.add_argument("--status", choices=[s.value for s in SagaStatus])
-    listing.add_argument("--limit", type=int, default=50)
+    listing.add_argument(
+        "--limit",
+        type=_positive_int,
+        default=50,
+        metavar="N",
+        help="list at most N sagas (default: 50)",
+    )
     listing.add_argument("--json", action="store_true", help="print JSON lines")
     listing.set_defaults(handler=_with_store(_list))
 
@@ -184,6 +190,17 @@ def _add_sagas(commands: Any) -> None:
     skip.add_argument("saga_id")
     skip.add_argument("--reason", required=True, help="why; recorded in the saga log")
     skip.set_defaults(handler=_with_store(_skip))
+
+
+def _positive_int(text: str) -> int:
+    """Parse a count of at least 1 (argparse reports the error and exits with 2)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
 
 
 def _open_store(url: str) -> SagaStore:

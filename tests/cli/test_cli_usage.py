@@ -64,6 +64,13 @@ def test_no_command_prints_help_and_exits_2(capsys: pytest.CaptureFixture[str]) 
     assert "usage: sagaflow" in out and "sagas" in out
 
 
+def test_sagas_without_an_action_names_what_is_missing(capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run(capsys, "sagas")
+    assert code == 2
+    assert "usage: sagaflow sagas" in err
+    assert "required: ACTION" in err
+
+
 def test_version(capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = run(capsys, "--version")
     assert code == 0
@@ -88,6 +95,25 @@ def test_list_limit_keeps_the_newest(capsys: pytest.CaptureFixture[str], three_s
     header, *lines = out.splitlines()
     assert header.startswith("SAGA ID")
     assert len(lines) == 1 and lines[0].startswith("s3 ")
+
+
+@pytest.mark.parametrize(
+    ("limit", "message"),
+    [
+        ("0", "argument --limit: must be at least 1, got 0"),
+        ("-1", "argument --limit: must be at least 1, got -1"),
+        ("ten", "argument --limit: not a whole number: 'ten'"),
+    ],
+)
+def test_bad_limit_is_a_usage_error(
+    capsys: pytest.CaptureFixture[str], three_sagas: str, limit: str, message: str
+) -> None:
+    # Before: 0 listed nothing, -1 listed all (SQLite), all but one (memory) or
+    # failed as a "store error" with exit 3 (PostgreSQL).
+    code, out, err = run(capsys, "sagas", "list", "--store", three_sagas, "--limit", limit)
+    assert code == 2
+    assert out == ""
+    assert message in err
 
 
 def test_bad_status_and_missing_reason_are_usage_errors(
