@@ -74,7 +74,7 @@ class RecordKind(enum.StrEnum):
     COMPENSATION_SKIPPED = "compensation_skipped"
     """An operator skipped a parked compensation; data: ``{"reason": str}``."""
     SAGA_COMPENSATING = "saga_compensating"
-    """The saga turned back; data: ``{"reason": ErrorInfo}``."""
+    """The saga turned back; data: ``{"error": ErrorInfo}`` (with the failed ``"step"``)."""
     SAGA_COMPLETED = "saga_completed"
     """Terminal: every step completed."""
     SAGA_COMPENSATED = "saga_compensated"
