@@ -95,7 +95,11 @@ class Orchestrator:
         clock: Time source for timeouts, deadlines, backoff and leases.
         owner: This worker's id in leases; defaults to a random one.
         lease: Seconds a saga stays leased to this worker without a heartbeat.
-        store_retry: How writes to the store are retried when the store is unavailable.
+        store_retry: How a write is retried when the store is unavailable (its
+            ``max_attempts`` counts the first try). The write that creates a saga
+            is not retried: if the store is down then, `run` raises
+            `StoreUnavailableError` before any step has run, and can simply be
+            called again.
         seed: Seed for retry jitter, for reproducible runs.
         sagas: Definitions this worker can recover (see `register`).
         max_recoveries: Takeovers of one saga after which recovery parks it as
@@ -343,10 +347,9 @@ class Orchestrator:
         hooks = self.hooks
         if hooks.saga_started:
             fire(hooks.saga_started, execution.saga_id, saga.name)
-        deadline = None
-        if saga.deadline is not None and not backward:
-            deadline = max(saga.deadline - (self.clock.now() - log.records[0].at), 0.0) or 1e-9
-        return await execution.run(deadline, backward=backward)
+        # The deadline counts from the saga's start record (see forward()), so the
+        # time this saga spent without a worker counts too.
+        return await execution.run(saga.deadline, backward=backward)
 
     async def close(self) -> None:
         """Stop the lease heartbeat. Sagas still running keep running; idempotent."""
@@ -365,13 +368,30 @@ class Orchestrator:
     # -- internals used by executions ------------------------------------------------
 
     async def _write(
-        self, saga_id: str, records: list[SagaRecord], version: int, token: int
+        self,
+        saga_id: str,
+        records: list[SagaRecord],
+        version: int,
+        token: int,
+        *,
+        failed: StoreUnavailableError,
+        started: float,
     ) -> int:
-        """Retry a store write whose first attempt failed as unavailable, per ``store_retry``."""
+        """Retry a store write whose first attempt failed as unavailable, per ``store_retry``.
+
+        ``failed`` is the first attempt's error and ``started`` the monotonic time
+        it began: that attempt counts towards the policy's attempts and time limit.
+        """
         policy = self.store_retry
-        started = self.clock.monotonic()
         attempt = 1
+        error = failed
         while True:
+            elapsed = self.clock.monotonic() - started
+            if not policy.should_retry(error, attempt=attempt, elapsed=elapsed):
+                raise error
+            _log.warning("saga %s: store unavailable, retrying write", saga_id)
+            await self.clock.sleep(policy.delay(attempt, self.rng))
+            attempt += 1
             try:
                 return await self.store.append(
                     saga_id, records, expected_version=version, fencing_token=token
@@ -382,12 +402,7 @@ class Orchestrator:
                 # An earlier attempt may have committed before its reply was lost.
                 return await self._already_written(saga_id, records, version)
             except StoreUnavailableError as exc:
-                elapsed = self.clock.monotonic() - started
-                if not policy.should_retry(exc, attempt=attempt, elapsed=elapsed):
-                    raise
-                _log.warning("saga %s: store unavailable, retrying write", saga_id)
-                await self.clock.sleep(policy.delay(attempt, self.rng))
-                attempt += 1
+                error = exc
 
     async def _already_written(self, saga_id: str, records: list[SagaRecord], version: int) -> int:
         """Return the new version if ``records`` were appended at ``version``; else raise."""
@@ -689,9 +704,10 @@ class _Execution(Generic[S]):
     ) -> tuple[_Execution[S], bool]:
         """Rebuild an execution from a stored log; return it and whether it goes backward.
 
-        A step started but never finished has an unknown outcome: going forward it is
-        run again (next attempt, same idempotency key); going backward it is
-        compensated like a completed step.
+        A step started but never finished, or whose last attempt failed with an
+        unknown outcome and was to be retried, may have taken effect: going
+        forward it is run again (next attempt, same idempotency key), and if the
+        saga turns back, now or later, it is compensated like a completed step.
         """
         execution = cls(orch, saga, log.saga_id, replay_state(saga, log.records))
         execution.claim = claim
@@ -701,10 +717,11 @@ class _Execution(Generic[S]):
         for record in log.records:
             execution._replay(record, in_flight)
         backward = log.status is SagaStatus.COMPENSATING
-        if backward:
-            for name in in_flight:
-                if saga.plan(name).step.kind is StepKind.COMPENSATABLE:
-                    execution.undo.setdefault(name, None)
+        # Whatever later attempts do, one that may have taken effect is on record:
+        # if the saga turns back (now, or after a retry fails), the step is undone.
+        for name in in_flight:
+            if saga.plan(name).step.kind is StepKind.COMPENSATABLE:
+                execution.undo.setdefault(name, None)
         stages = saga.stages
         while execution.stage < len(stages) and all(
             step.name in execution.done for step in stages[execution.stage]
@@ -721,7 +738,10 @@ class _Execution(Generic[S]):
             in_flight.pop(name, None)
             self._finish_step(self.saga.plan(name).step, completed=True, uncertain=False)
         elif kind is RecordKind.STEP_FAILED and name:
-            in_flight.pop(name, None)
+            if data.get("final") or not data.get("uncertain"):
+                # A retry pending after an attempt of unknown outcome stays "in
+                # flight": going backward, the step is undone.
+                in_flight.pop(name, None)
             if data.get("final"):
                 uncertain = bool(data.get("uncertain"))
                 self._finish_step(self.saga.plan(name).step, completed=False, uncertain=uncertain)
@@ -804,13 +824,16 @@ class _Execution(Generic[S]):
             return
         records, self.pending = self.pending, JsonRecords()
         token = self.claim.fencing_token
+        started = self.orch._monotonic()
         try:
             self.version = await self.store.append(
                 self.saga_id, records, expected_version=self.version, fencing_token=token
             )
-        except StoreUnavailableError:
+        except StoreUnavailableError as exc:
             # Rare path: hand the write to the retrying loop.
-            self.version = await self.orch._write(self.saga_id, records, self.version, token)
+            self.version = await self.orch._write(
+                self.saga_id, records, self.version, token, failed=exc, started=started
+            )
         except asyncio.CancelledError:
             # The write may or may not have happened: keep the records; the next
             # write finds out (see the ConcurrencyError branch) and sends the rest.
@@ -921,11 +944,19 @@ class _Execution(Generic[S]):
         return SagaStatus.COMPLETED
 
     async def forward(self, deadline: float | None) -> tuple[BaseException, str | None] | None:
-        """Run the remaining stages; return (error, failed step) or None if all completed."""
+        """Run the remaining stages; return (error, failed step) or None if all completed.
+
+        ``deadline`` counts from the saga's start record: a saga recovered after
+        its worker stopped has only what is left of it, and none at all turns
+        back at once, without running anything more.
+        """
         if deadline is None:
             return await self._stages()
+        left = deadline - (self.orch.clock.now() - self.log[0].at)
         try:
-            async with self.orch.clock.timeout(deadline):
+            if left <= 0:
+                raise TimeoutError
+            async with self.orch.clock.timeout(left):
                 return await self._stages()
         except TimeoutError:
             error = SagaDeadlineExceededError(
