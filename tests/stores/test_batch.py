@@ -236,68 +236,6 @@ async def test_wait_idle_returns_once_queued_writes_have_run() -> None:
     assert batcher.idle
 
 
-async def test_run_when_idle_runs_in_the_callers_task_and_later_writes_batch_after_it() -> None:
-    store = FakeStore()
-    store.hold()
-    batcher = Batcher(store)
-    assert batcher.idle
-    first = asyncio.create_task(batcher.run(write("a", 1)))
-    await store.entered.wait()
-    assert store.tasks == [first]
-    assert not batcher.idle
-    # Meanwhile: run() on a busy batcher queues, like submit().
-    second = asyncio.create_task(batcher.run(write("b", 2)))
-    await asyncio.sleep(0)  # second is queued
-    third = batcher.submit(write("c", 3))
-    waiter = asyncio.create_task(batcher.wait_idle())  # no drainer yet: it polls
-    for _ in range(5):
-        await asyncio.sleep(0)
-    assert not waiter.done()
-    store.release.set()
-    assert await first == 1
-    assert await second == 2
-    assert await third == 3
-    await waiter
-    assert store.batches == [["a"], ["b", "c"]]
-    assert store.tasks[1] is not first
-    assert batcher.idle
-
-
-async def test_run_with_a_failing_batch_settles_the_write_and_stays_usable() -> None:
-    def body(batch: list[PendingWrite]) -> None:
-        if batch[0].payload == "boom":
-            raise RuntimeError("boom")
-        FakeStore.settle_all(batch)
-
-    batcher = Batcher(FakeStore(body))
-    failing = write("a", "boom")
-    with pytest.raises(RuntimeError, match="boom"):
-        await batcher.run(failing)
-    assert failing.future.done()  # settled with the error, not left pending
-    assert batcher.idle
-    assert await batcher.run(write("a", "fine")) == "fine"
-
-
-async def test_run_caller_cancelled_mid_batch_leaves_queued_writes_to_a_drainer() -> None:
-    store = FakeStore()
-    store.hold()
-    batcher = Batcher(store)
-    own = write("a")
-    caller = asyncio.create_task(batcher.run(own))
-    await store.entered.wait()
-    queued = batcher.submit(write("b"))
-    caller.cancel()  # interrupts its own batch of one, nothing else
-    with pytest.raises(asyncio.CancelledError):
-        await caller
-    assert own.future.done()
-    store.release.set()
-    assert await queued == "b"
-    await batcher.wait_idle()
-    assert store.batches == [["a"], ["b"]]
-    assert store.completed == [["b"]]
-    assert batcher.idle
-
-
 async def test_drainer_cancelled_mid_batch_settles_its_writes_and_a_new_drainer_runs_the_rest() -> (
     None
 ):
@@ -344,7 +282,7 @@ async def test_random_cancellations_and_failures_leave_no_write_pending(seed: in
             w = write(f"saga-{rng.randrange(4)}", (n, i))
             writes.append(w)
             try:
-                result = await (batcher.run(w) if rng.random() < 0.3 else batcher.submit(w))
+                result = await batcher.submit(w)
             except RuntimeError:
                 continue
             assert result == (n, i)

@@ -65,58 +65,26 @@ class Batcher:
         self._run_batch = run_batch
         self._max_batch = max_batch
         self._pending: deque[PendingWrite] = deque()
-        self._busy = False  # a batch is running (in a drainer task or in a caller)
         self._drainer: asyncio.Task[None] | None = None
 
     @property
     def idle(self) -> bool:
         """Whether no batch is running and nothing waits for one."""
-        return not self._busy and not self._pending
-
-    async def run(self, write: PendingWrite) -> Any:
-        """Run ``write`` and return its result: at once if idle, else in the next batch.
-
-        When idle, the write runs as a batch of one in the caller's task (no task
-        switch); writes arriving meanwhile queue up and run as one batch after it.
-        """
-        if not self.idle:
-            return await self.submit(write)
-        self._busy = True
-        try:
-            await self._run_batch([write])
-        except Exception as exc:  # run_batch should not raise; the error goes through the future
-            write.settle(error=exc)
-        except BaseException:  # the caller was cancelled mid-batch: it gives up its write
-            write.future.cancel()
-            raise
-        finally:
-            self._after_batch()
-        return await write.future
+        return self._drainer is None and not self._pending
 
     def submit(self, write: PendingWrite) -> asyncio.Future[Any]:
         """Queue ``write`` for the next batch and return its future."""
         self._pending.append(write)
-        if not self._busy:
-            self._busy = True
+        if self._drainer is None:
             self._drainer = asyncio.get_running_loop().create_task(self._drain())
         return write.future
 
     async def wait_idle(self) -> None:
         """Return once every submitted write has been run."""
-        while self._busy:
-            if self._drainer is not None:
-                # Not shield(): a drainer that was cancelled must not look like this
-                # caller's cancellation; the drainer it leaves behind is waited for next.
-                await asyncio.wait((self._drainer,))
-            else:
-                await asyncio.sleep(0.001)
-
-    def _after_batch(self) -> None:
-        # Hand what queued up meanwhile to a drainer task, or go idle.
-        if self._pending:
-            self._drainer = asyncio.get_running_loop().create_task(self._drain())
-        else:
-            self._busy = False
+        while self._drainer is not None:
+            # Not shield(): a drainer that was cancelled must not look like this
+            # caller's cancellation; the drainer it leaves behind is waited for next.
+            await asyncio.wait((self._drainer,))
 
     async def _drain(self) -> None:
         try:
@@ -133,9 +101,7 @@ class Batcher:
                         raise
         finally:
             self._drainer = None
-            self._busy = False
             if self._pending:  # only if the loop was interrupted
-                self._busy = True
                 self._drainer = asyncio.get_running_loop().create_task(self._drain())
 
     def _take(self) -> list[PendingWrite]:
