@@ -198,6 +198,13 @@ def test_chain_of_is_the_causal_order_of_entries():
     assert chain_of(entries) == ["t.a", "t.b", "t.c"]
 
 
+def test_a_flow_without_events_or_steps_still_has_a_clean_summary():
+    # A saga that has only started (no step yet): nothing to count.
+    trace = FlowTrace.build([e(EntryKind.SAGA_STARTED, 1.0, service="orders", detail="order")])
+    head = render_text(trace).splitlines()[0]
+    assert head.startswith("flow f  (0.0 ms from 1970-01-01T00:00:01.000Z)"), head
+
+
 # -- SVG / HTML ---------------------------------------------------------------------------------
 
 

@@ -345,10 +345,8 @@ def _summary(trace: FlowTrace) -> str:
     if outcome:
         head += f": saga {outcome.upper()}"
     services = ", ".join(trace.services())
-    return (
-        f"{head}  ({', '.join(parts)}; {_ms(trace.end - trace.start)} from {started})\n"
-        f"services: {services}"
-    )
+    counts = f"{', '.join(parts)}; " if parts else ""
+    return f"{head}  ({counts}{_ms(trace.end - trace.start)} from {started})\nservices: {services}"
 
 
 def _tree(trace: FlowTrace, node: EventNode, prefix: str, last: bool, out: list[str]) -> None:
