@@ -251,8 +251,8 @@ class EventBus:
 
         Raises:
             ConfigurationError: Bad options, or another subscription of this bus
-                uses the same group for overlapping event types (they would
-                compete for the same events).
+                uses the same group for overlapping event types or for types
+                sharing a topic (they would compete for the same events).
         """
         if not (isinstance(event_type, type) and issubclass(event_type, Event)):
             raise ConfigurationError(f"subscribe() needs an Event subclass, got {event_type!r}")
@@ -316,14 +316,26 @@ class EventBus:
         return decorate
 
     def _check_group(self, group: str, event_type: type[Event]) -> None:
+        topics: set[str] | None = None
         for other in self._subscriptions:
-            if other.group == group and (
-                issubclass(event_type, other.event_type) or issubclass(other.event_type, event_type)
-            ):
+            if other.group != group:
+                continue
+            if issubclass(event_type, other.event_type) or issubclass(other.event_type, event_type):
                 raise ConfigurationError(
                     f"group {group!r} already handles {other.event_type.__qualname__} on this bus; "
                     "two handlers in one group would compete for the same events: "
                     "give each its own group"
+                )
+            if topics is None:
+                topics = set(self._topics_of_type(event_type))
+            # Disjoint types on one topic (see topic_for) compete too: each
+            # consumer would ack, as not its type, the other's events.
+            shared = topics.intersection(self._topics_of_type(other.event_type))
+            if shared:
+                raise ConfigurationError(
+                    f"group {group!r} already consumes topic {min(shared)!r} for "
+                    f"{other.event_type.__qualname__} on this bus; two handlers in one group "
+                    "would compete for its events: give each its own group"
                 )
 
     def topic_for(self, type_name: str) -> str:
@@ -335,7 +347,10 @@ class EventBus:
         return topic
 
     def _topics_of(self, subscription: Subscription) -> list[str]:
-        names = self.registry.subclasses_of(subscription.event_type)
+        return self._topics_of_type(subscription.event_type)
+
+    def _topics_of_type(self, event_type: type[Event]) -> list[str]:
+        names = self.registry.subclasses_of(event_type)
         return sorted({self.topic_for(name) for name in names})
 
     # -- lifecycle -----------------------------------------------------------------
