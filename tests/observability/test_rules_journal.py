@@ -13,6 +13,7 @@ from sagaflow import MemorySagaStore, Orchestrator, RetryPolicy, Saga, SagaStatu
 from sagaflow.errors import ConfigurationError
 from sagaflow.observability import (
     EntryKind,
+    FlowJournal,
     JournalEntry,
     Journaling,
     JournalWriter,
@@ -136,6 +137,61 @@ async def test_failed_compensation_attempts_are_journaled_with_retry_then_final(
     assert all(e.duration is not None and e.duration >= 0 for e in failed)
     trace = await load_trace(journal, "s1")
     assert trace.outcome() == "failed"
+
+
+# -- flows(): failures agree with the trace ---------------------------------------------------
+
+
+async def _compensated_saga_flow(journal: FlowJournal) -> None:
+    journaling = Journaling(journal, service="orders")
+    saga = inject_faults(SAGA, steps={"charge": Fault.raise_on(1)})
+    result = await Orchestrator(MemorySagaStore(), hooks=[journaling.hooks]).run(
+        saga, State(), saga_id="comp"
+    )
+    assert result.status is SagaStatus.COMPENSATED
+    await journaling.close(close_journal=False)
+
+
+async def _dead_letter_without_error(journal: FlowJournal) -> None:
+    await journal.write(
+        [
+            entry("dl", 1.0, event_type="t.a"),
+            entry("dl", 2.0, kind=EntryKind.DEAD_LETTER, event_type="t.a", group="g"),
+        ]
+    )
+
+
+async def check_failures_agree(journal: FlowJournal) -> None:
+    await _compensated_saga_flow(journal)
+    await _dead_letter_without_error(journal)
+    summaries = {f.correlation_id: f for f in await journal.flows(since=0)}
+    for cid in ("comp", "dl"):
+        trace = await load_trace(journal, cid)
+        # FlowSummary.failures counts what FlowTrace.failures() shows: a compensated
+        # saga's end only repeats its step's error; a dead letter is a failure.
+        assert summaries[cid].failures == len(trace.failures()) == 1, cid
+    failed = {f.correlation_id for f in await journal.flows(since=0, failed_only=True)}
+    assert failed == {"comp", "dl"}
+    await journal.close()
+
+
+async def test_flow_failures_agree_with_the_trace_in_memory():
+    await check_failures_agree(MemoryJournal())
+
+
+async def test_flow_failures_agree_with_the_trace_in_sqlite(tmp_path):
+    await check_failures_agree(SqliteJournal(str(tmp_path / "j.db")))
+
+
+async def test_flow_failures_agree_with_the_trace_in_postgres(postgres_url):
+    from sagaflow.observability.postgres import PostgresJournal
+
+    table = f"sagaflow_journal_{uuid.uuid4().hex[:12]}"
+    journal = PostgresJournal(postgres_url, table=table)
+    try:
+        await check_failures_agree(journal)
+    finally:
+        await _drop(postgres_url, table)
 
 
 # -- SqliteJournal ----------------------------------------------------------------------------

@@ -145,6 +145,12 @@ class JournalEntry(NamedTuple):
 COLUMNS: tuple[str, ...] = JournalEntry._fields
 """Column names of the SQL journals, in `JournalEntry.to_row` order."""
 
+FAILED_SQL = (
+    "CASE WHEN kind = 'saga_finished' THEN (CASE WHEN outcome = 'failed' THEN 1 ELSE 0 END) "
+    "WHEN error_type IS NOT NULL OR kind = 'dead_letter' THEN 1 ELSE 0 END"
+)
+"""SQL expression that is 1 for a row `JournalEntry.failed` counts, else 0."""
+
 
 def error_fields(error: BaseException) -> dict[str, str]:
     """Return ``error_type`` and ``error_message`` keyword arguments for an entry."""
@@ -162,8 +168,8 @@ class FlowSummary(NamedTuple):
         first: Time of its first entry.
         last: Time of its last entry.
         entries: How many entries it has.
-        failures: How many of them record an error (failed handlings, steps,
-            compensations, dead letters).
+        failures: How many of them record a failure (`JournalEntry.failed`:
+            failed handlings, steps, compensations, dead letters, a parked saga).
     """
 
     correlation_id: str
@@ -258,7 +264,7 @@ class MemoryJournal:
             recent = [e for e in entries if e.at >= since]
             if not recent:
                 continue
-            failures = sum(1 for e in recent if e.error_type is not None)
+            failures = sum(1 for e in recent if e.failed)
             if failed_only and not failures:
                 continue
             times = [e.at for e in recent]

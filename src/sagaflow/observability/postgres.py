@@ -14,7 +14,7 @@ from typing import Any
 
 from sagaflow._optional import require
 from sagaflow.errors import ConfigurationError
-from sagaflow.observability.journal import COLUMNS, FlowSummary, JournalEntry
+from sagaflow.observability.journal import COLUMNS, FAILED_SQL, FlowSummary, JournalEntry
 
 psycopg = require("psycopg", "postgres")
 
@@ -115,9 +115,9 @@ class PostgresJournal:
     ) -> Sequence[FlowSummary]:
         """Return flows active since ``since``, most recent first."""
         sql = (
-            f"SELECT correlation_id, MIN(at), MAX(at), COUNT(*), COUNT(error_type) "
+            f"SELECT correlation_id, MIN(at), MAX(at), COUNT(*), SUM({FAILED_SQL}) "
             f"FROM {self.table} WHERE at >= %s GROUP BY correlation_id "
-            "HAVING COUNT(error_type) >= %s ORDER BY MAX(at) DESC LIMIT %s"
+            f"HAVING SUM({FAILED_SQL}) >= %s ORDER BY MAX(at) DESC LIMIT %s"
         )
         rows = await self._run(sql, (since, 1 if failed_only else 0, limit), fetch=True)
         return [

@@ -13,7 +13,7 @@ import sqlite3
 import threading
 from collections.abc import Sequence
 
-from sagaflow.observability.journal import COLUMNS, FlowSummary, JournalEntry
+from sagaflow.observability.journal import COLUMNS, FAILED_SQL, FlowSummary, JournalEntry
 from sagaflow.stores._sqlite import connect, rollback
 
 __all__ = ["SqliteJournal"]
@@ -38,8 +38,8 @@ _SQL_COLUMNS = ", ".join("grp" if name == "group" else name for name in COLUMNS)
 _INSERT = f"INSERT INTO {TABLE} ({_SQL_COLUMNS}) VALUES ({', '.join('?' * len(COLUMNS))})"
 _READ = f"SELECT {_SQL_COLUMNS} FROM {TABLE} WHERE correlation_id = ? ORDER BY at, seq"
 _FLOWS = (
-    f"SELECT correlation_id, MIN(at), MAX(at), COUNT(*), COUNT(error_type) FROM {TABLE} "
-    "WHERE at >= ? GROUP BY correlation_id HAVING COUNT(error_type) >= ? "
+    f"SELECT correlation_id, MIN(at), MAX(at), COUNT(*), SUM({FAILED_SQL}) FROM {TABLE} "
+    f"WHERE at >= ? GROUP BY correlation_id HAVING SUM({FAILED_SQL}) >= ? "
     "ORDER BY MAX(at) DESC LIMIT ?"
 )
 _PUBLISHED = (
