@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Generic, Protocol, TypeVar
 
-from sagaflow.errors import MessageTooLargeError, TransportClosedError
+from sagaflow.errors import MessageTooLargeError, TransportClosedError, TransportError
 from sagaflow.retry import RetryPolicy
 from sagaflow.transports.base import Message, TransportFeatures, validate_name
 
@@ -280,10 +280,27 @@ class BrokerDelivery(Generic[TransportT, SubT]):
         """
         if self._attempt <= max_deliveries:
             return False
+        await self.dead_letter_received(f"delivered {self._attempt} times (max {max_deliveries})")
+        return True
+
+    async def dead_letter_received(self, reason: str) -> None:
+        """Dead-letter a delivery just received, before it is handed out.
+
+        Used for deliveries over the delivery cap and for malformed messages. A
+        failure to dead-letter is logged, not raised: it must not end the consumer's
+        iteration, and the broker still holds the message (pending, leased or
+        requeued), so it comes back and dead-lettering is tried again.
+        """
         self._settled = True
         self._forget()
-        await self._send_dead_letter(f"delivered {self._attempt} times (max {max_deliveries})")
-        return True
+        try:
+            await self._send_dead_letter(reason)
+        except TransportError as exc:
+            logger.warning(
+                "%s could not dead-letter a message (%s); it will come back",
+                self.transport_name,
+                type(exc).__name__,
+            )
 
     def _forget(self) -> None:
         raise NotImplementedError

@@ -30,7 +30,8 @@ How the contract is met:
   dying in between leaves the entry pending, so ``XAUTOCLAIM`` still recovers it;
   ``XAUTOCLAIM`` skips entries whose retry is not yet due.
 * **Dead letter**: ``XADD`` to the DLQ stream (with ``reason``, ``group``,
-  ``attempt``, original id) and ``XACK`` in one ``MULTI``.
+  ``attempt``, original id) and ``XACK`` in one script (atomic; a refused ``XADD``
+  leaves the entry pending).
 * **Bounded length**: with ``max_len``, publishes periodically trim the stream with
   ``XTRIM MINID`` below the oldest entry any group still needs (its oldest pending
   entry or the first one it has not read). Unacknowledged entries are never
@@ -99,6 +100,17 @@ _F_ID = b"id"
 _F_BODY = b"body"
 _F_HEADERS = b"headers"
 _F_KEY = b"key"
+
+
+# Dead letter = XADD to the DLQ, then XACK and ZREM, atomically. A script rather than
+# MULTI: a MULTI whose XADD fails (say, the DLQ key holds another type) still runs
+# the XACK, which would drop the entry; a script stops at the failed XADD.
+# KEYS: dlq stream, stream, delay zset. ARGV: group, entry id, dead-letter fields.
+_DEAD_LETTER_SCRIPT = """
+redis.call('XADD', KEYS[1], '*', unpack(ARGV, 3))
+redis.call('XACK', KEYS[2], ARGV[1], ARGV[2])
+redis.call('ZREM', KEYS[3], ARGV[2])
+"""
 
 
 def _s(value: bytes | str) -> str:
@@ -601,16 +613,17 @@ class RedisStreamsTransport(WriteBehindAcks[_Subscription]):
                 b"failed_at": str(time.time()).encode(),
             }
         )
+        flat = [part for pair in fields.items() for part in pair]
+        keys = [self.dead_letter_key(message.topic), sub.stream, sub.delay_key]
         try:
-            async with self._client.pipeline(transaction=True) as pipe:
-                pipe.xadd(self.dead_letter_key(message.topic), fields)
-                pipe.xack(sub.stream, sub.group, entry_id)
-                pipe.zrem(sub.delay_key, entry_id)
-                await pipe.execute()
+            await self._client.eval(_DEAD_LETTER_SCRIPT, 3, *keys, sub.group, entry_id, *flat)
         except _CONNECTION_ERRORS as exc:
             raise TransportUnavailableError(
                 f"Redis unreachable while dead-lettering: {type(exc).__name__}"
             ) from exc
+        except _exc.RedisError as exc:
+            # The script stopped at XADD: the entry is still pending and comes back.
+            raise PublishError(f"Redis refused a dead letter: {type(exc).__name__}") from exc
 
     # --- dead letters ------------------------------------------------------------------
 

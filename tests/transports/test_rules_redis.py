@@ -1,0 +1,113 @@
+"""Rules of the Redis Streams transport, each exercised against the real server.
+
+Malformed or hostile input is written with redis-py straight into the keys the
+transport reads. Every test uses its own key prefix and deletes its keys.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import pytest
+
+from sagaflow.errors import PublishError
+from sagaflow.transports.redis import RedisStreamsTransport
+
+from . import _scenarios as sc
+
+pytestmark = pytest.mark.services
+
+Make = Callable[..., RedisStreamsTransport]
+
+
+@pytest.fixture
+async def raw(redis_url: str) -> AsyncIterator[Any]:
+    import redis.asyncio as redis
+
+    client = redis.Redis.from_url(redis_url)
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture
+async def make(redis_url: str, raw: Any) -> AsyncIterator[Make]:
+    """Build transports on a key prefix of this test's own; close them, delete the keys."""
+    prefix = f"sftest-{uuid.uuid4().hex[:8]}:"
+    made: list[RedisStreamsTransport] = []
+
+    def build(**options: Any) -> RedisStreamsTransport:
+        options.setdefault("block", 0.05)
+        t = RedisStreamsTransport(redis_url, prefix=prefix, **options)
+        made.append(t)
+        return t
+
+    yield build
+    for t in made:
+        await t.close()
+    keys = [k async for k in raw.scan_iter(match=f"{prefix}*")]
+    if keys:
+        await raw.delete(*keys)
+
+
+async def eventually(check: Callable[[], Awaitable[bool]], within: float = 10.0) -> None:
+    deadline = asyncio.get_running_loop().time() + within
+    while not await check():
+        assert asyncio.get_running_loop().time() < deadline, "condition never held"
+        await asyncio.sleep(0.05)
+
+
+async def test_refused_dead_letter_raises_typed_error_and_keeps_the_entry(
+    make: Make, raw: Any
+) -> None:
+    """A DLQ write Redis refuses must not acknowledge the entry (it was lost before)."""
+    t = make(claim_min_idle=0.3, claim_interval=0.1)
+    topic, group = sc.name("dl"), sc.name("g")
+    await t.declare(topic, group=group)
+    await raw.set(t.dead_letter_key(topic), "not a stream")
+    m = sc.msg(topic, 1)
+    await t.publish([m])
+    it = t.subscribe(topic, group=group)
+    (d,) = await sc.take(it, 1)
+    with pytest.raises(PublishError) as info:
+        await d.dead_letter("poison")
+    assert m.body.decode() not in str(info.value)  # no payload in error messages
+    summary = await raw.xpending(t.stream_key(topic), group)
+    assert summary["pending"] == 1, "the entry was acknowledged without being dead-lettered"
+    # Once the DLQ can be written, the entry comes back and can be dead-lettered.
+    await raw.delete(t.dead_letter_key(topic))
+    (again,) = await sc.take(it, 1)
+    assert again.message.id == m.id
+    assert again.attempt == 2
+    await again.dead_letter("poison")
+    (letter,) = await t.dead_letters(topic)
+    assert (letter.message.id, letter.reason, letter.group) == (m.id, "poison", group)
+
+
+async def test_failed_transport_dead_letter_does_not_end_the_consumer(make: Make, raw: Any) -> None:
+    """Over max_deliveries the transport dead-letters; if that fails, iteration goes on."""
+    t = make(max_deliveries=1, claim_min_idle=0.3, claim_interval=0.1)
+    topic, group = sc.name("cap"), sc.name("g")
+    await t.declare(topic, group=group)
+    await raw.set(t.dead_letter_key(topic), "not a stream")
+    poison, fine = sc.msg(topic, 1), sc.msg(topic, 2)
+    await t.publish([poison])
+    it = t.subscribe(topic, group=group)
+    (d,) = await sc.take(it, 1)
+    await d.nack()  # the redelivery (attempt 2) is over the cap: dead-lettering fails
+    await asyncio.sleep(0.3)
+    await t.publish([fine])
+    (d2,) = await sc.take(it, 1)  # raised TransportUnavailableError/ResponseError before
+    assert d2.message.id == fine.id
+    await d2.ack()
+    await raw.delete(t.dead_letter_key(topic))
+
+    async def dead_lettered() -> bool:
+        await sc.nothing_within(it, 0.2)  # never handed out again
+        return [x.message.id for x in await t.dead_letters(topic)] == [poison.id]
+
+    await eventually(dead_lettered)
+    (letter,) = await t.dead_letters(topic)
+    assert letter.reason.startswith("delivered ") and letter.reason.endswith("(max 1)")
