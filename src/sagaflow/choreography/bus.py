@@ -361,6 +361,11 @@ class EventBus:
         When it returns, every group exists on the transport (where the transport
         can say so), so no event published afterwards is missed. Calling it again
         on a running bus waits for subscriptions made since to be ready.
+
+        Raises:
+            TransportError: The transport refused a subscription; nothing is left
+                running and the bus can be started again.
+            TransportClosedError: The bus was stopped.
         """
         if self._state == "running":
             # Subscriptions made while running start in the background: wait for them.
@@ -370,8 +375,27 @@ class EventBus:
         if self._state == "stopped":
             raise TransportClosedError("the event bus is stopped")
         self._state = "running"
-        for subscription in self._subscriptions:
-            await self._start_subscription(subscription)
+        try:
+            for subscription in self._subscriptions:
+                await self._start_subscription(subscription)
+        except BaseException:
+            # A transport refusing one group must not leave a half-started bus
+            # (consumers running after a failed ``async with``, a group never
+            # consumed): undo what started, so that start() can be called again.
+            await self._undo_start()
+            raise
+
+    async def _undo_start(self) -> None:
+        consumers = list(self._consumers.values())
+        self._consumers.clear()
+        self._routes.clear()
+        self._state = "new"
+        for consumer in consumers:
+            consumer.stop_intake()
+            consumer.cancel()
+        await asyncio.gather(*[t for c in consumers for t in c.tasks], return_exceptions=True)
+        for consumer in consumers:
+            await consumer.close()
 
     def _spawn_start(self, subscription: Subscription) -> None:
         task = asyncio.get_running_loop().create_task(self._start_subscription(subscription))
@@ -393,11 +417,17 @@ class EventBus:
             limiter=self._limiters[subscription],
             clock=self.clock,
         )
+        # Registered before the first await: a concurrent start of the same pair returns.
         self._consumers[(subscription, topic)] = consumer
-        declare = getattr(self.transport, "declare", None)
-        if declare is not None:
-            await declare(topic, group=subscription.group)
-        consumer.start()
+        try:
+            declare = getattr(self.transport, "declare", None)
+            if declare is not None:
+                await declare(topic, group=subscription.group)
+            consumer.start()
+        except BaseException:
+            # Not consuming: forget it, so that the next start or publish tries again.
+            self._consumers.pop((subscription, topic), None)
+            raise
 
     async def stop(self, timeout: float | None = None) -> None:  # noqa: ASYNC109 - a drain budget, not a call timeout
         """Shut down gracefully; idempotent.
