@@ -74,7 +74,7 @@ def _add_trace(commands: Any) -> None:
 
 def _add_flows(commands: Any) -> None:
     flows = commands.add_parser("flows", help="check flows recorded in the journal")
-    actions = flows.add_subparsers(title="actions", metavar="ACTION")
+    actions = flows.add_subparsers(title="actions", metavar="ACTION", required=True)
     stalled = actions.add_parser(
         "stalled",
         help="list flows that missed an expectation (exit 1 if any)",
