@@ -112,3 +112,14 @@ def test_diagram_with_a_bad_store_url_is_usage(capsys):
     code, _, err = run(capsys, "diagram", SAGA, "--store", "nosuch://x", "--saga-id", "o1")
     assert code == 2
     assert err.startswith("sagaflow: ")
+
+
+def test_diagram_with_a_store_that_cannot_be_read_is_unavailable_not_refused(capsys, tmp_path):
+    # Exit 1 means "no such saga"; a store that is not a database is exit 3, as for `sagas`.
+    path = tmp_path / "sagas.db"
+    path.write_bytes(b"not a database" * 100)
+    store = f"sqlite:///{path}"
+    code, out, err = run(capsys, "diagram", SAGA, "--store", store, "--saga-id", "o1")
+    assert code == 3 and out == ""
+    assert err.startswith("sagaflow: store error:")
+    assert run(capsys, "sagas", "show", "o1", "--store", store)[0] == 3

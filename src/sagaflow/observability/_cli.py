@@ -27,6 +27,8 @@ from sagaflow.errors import (
     ConfigurationError,
     MissingDependencyError,
     SagaflowError,
+    SagaNotFoundError,
+    StoreError,
     StoreUnavailableError,
 )
 from sagaflow.observability.journal import FlowJournal, open_journal
@@ -306,6 +308,12 @@ def _diagram(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     except StoreUnavailableError as exc:
         print(f"sagaflow: store unavailable: {exc}", file=sys.stderr)
+        return EXIT_UNAVAILABLE
+    except SagaNotFoundError as exc:
+        print(f"sagaflow: {exc}", file=sys.stderr)
+        return EXIT_REFUSED
+    except StoreError as exc:  # the store answered, but not with a saga log
+        print(f"sagaflow: store error: {exc}", file=sys.stderr)
         return EXIT_UNAVAILABLE
     except SagaflowError as exc:
         print(f"sagaflow: {exc}", file=sys.stderr)
