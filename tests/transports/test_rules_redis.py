@@ -111,3 +111,46 @@ async def test_failed_transport_dead_letter_does_not_end_the_consumer(make: Make
     await eventually(dead_lettered)
     (letter,) = await t.dead_letters(topic)
     assert letter.reason.startswith("delivered ") and letter.reason.endswith("(max 1)")
+
+
+MALFORMED: list[tuple[str, dict[bytes, bytes]]] = [
+    ("headers not JSON", {b"id": b"bad-1", b"body": b"b", b"headers": b"not json"}),
+    ("headers not an object", {b"id": b"bad-2", b"body": b"b", b"headers": b"[1, 2]"}),
+    ("header value not text", {b"id": b"bad-3", b"body": b"b", b"headers": b'{"n": 1}'}),
+    ("id not UTF-8", {b"id": b"bad-\xff", b"body": b"b", b"headers": b"{}"}),
+    ("no body field", {b"id": b"bad-5", b"headers": b"{}"}),
+    ("a foreign entry", {b"foo": b"bar"}),
+]
+
+
+async def test_malformed_entries_are_dead_lettered_and_the_consumer_goes_on(
+    make: Make, raw: Any
+) -> None:
+    """Entries another writer put in the stream: dead-lettered with a reason, kept verbatim."""
+    t = make()
+    topic, group = sc.name("bad"), sc.name("g")
+    await t.declare(topic, group=group)
+    for _, fields in MALFORMED:
+        await raw.xadd(t.stream_key(topic), fields)
+    good = sc.msg(topic, 1)
+    await t.publish([good])
+    it = t.subscribe(topic, group=group)
+    (d,) = await sc.take(it, 1)  # the consumer died on the first malformed entry before
+    assert d.message == good
+    await d.ack()
+    await sc.nothing_within(it, 0.3)
+    letters = await t.dead_letters(topic, group=group)
+    assert len(letters) == len(MALFORMED)
+    assert all(x.reason.startswith("malformed entry: ") for x in letters)
+    assert letters[0].message.id == "bad-1" and letters[0].message.body == b"b"
+    assert letters[3].message.id == "bad-\\xff"  # listing salvages what it can read
+    # The DLQ stream keeps each entry's own fields, byte for byte.
+    dlq = await raw.xrange(t.dead_letter_key(topic))
+    for (_, fields), (_, stored) in zip(MALFORMED, dlq, strict=True):
+        assert {k: v for k, v in stored.items() if k in fields} == fields
+    # Nothing is left pending: every malformed entry was settled by dead-lettering.
+    await eventually(lambda: _no_pending(raw, t.stream_key(topic), group), within=2.0)
+
+
+async def _no_pending(raw: Any, stream: str, group: str) -> bool:
+    return (await raw.xpending(stream, group))["pending"] == 0

@@ -117,16 +117,38 @@ def _s(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
-def _decode(fields: dict[bytes, bytes], topic: str) -> Message:
-    raw_headers = fields.get(_F_HEADERS)
-    headers: dict[str, str] = json.loads(raw_headers) if raw_headers else {}
+def _decode(fields: dict[bytes, bytes], topic: str, *, lenient: bool = False) -> Message:
+    """Rebuild the message of a stream entry.
+
+    Raises:
+        ValueError: The entry is malformed (not written by this transport): no id or
+            body, headers not a JSON object of strings, text that is not UTF-8. With
+            ``lenient``, salvage what can be read instead (for dead letters).
+    """
+
+    def text(value: bytes) -> str:
+        return value.decode(errors="backslashreplace") if lenient else value.decode()
+
+    headers: Any = {}
+    try:
+        raw_headers = fields.get(_F_HEADERS)
+        headers = json.loads(raw_headers) if raw_headers else {}
+        if not isinstance(headers, dict) or not all(isinstance(v, str) for v in headers.values()):
+            raise ValueError("headers are not a JSON object of strings")
+        if _F_ID not in fields or _F_BODY not in fields:
+            raise ValueError("the entry has no id or no body field")
+    except ValueError:
+        if not lenient:
+            raise
+        headers = headers if isinstance(headers, dict) else {}
+        headers = {str(k): v for k, v in headers.items() if isinstance(v, str)}
     key = fields.get(_F_KEY)
     return Message(
-        id=_s(fields.get(_F_ID, b"")),
+        id=text(fields.get(_F_ID, b"")),
         topic=topic,
         body=fields.get(_F_BODY, b""),
         headers=headers,
-        key=_s(key) if key is not None else None,
+        key=text(key) if key is not None else None,
     )
 
 
@@ -168,9 +190,22 @@ class _RedisDelivery(KeyedDelivery["RedisStreamsTransport", _Subscription, str])
     ``attempt`` is Redis's delivery counter for the entry in the group.
     """
 
-    __slots__ = ()
+    __slots__ = ("_raw",)
 
     transport_name = "RedisStreamsTransport"
+
+    def __init__(
+        self,
+        transport: RedisStreamsTransport,
+        sub: _Subscription,
+        key: str,
+        message: Message,
+        attempt: int,
+        raw: dict[bytes, bytes] | None = None,
+    ) -> None:
+        super().__init__(transport, sub, key, message, attempt)
+        # The entry's fields when it is malformed: its dead letter keeps them verbatim.
+        self._raw = raw
 
     async def _send_nack(self, delay: float) -> None:
         # The entry stays pending until the retry is due.
@@ -444,7 +479,15 @@ class RedisStreamsTransport(WriteBehindAcks[_Subscription]):
         fields: dict[bytes, bytes],
         attempt: int,
     ) -> _RedisDelivery | None:
-        delivery = _RedisDelivery(self, sub, entry_id, _decode(fields, topic), attempt)
+        try:
+            message = _decode(fields, topic)
+        except ValueError as exc:
+            # Malformed: dead-letter it with the reason (never drop it, never crash).
+            salvaged = _decode(fields, topic, lenient=True)
+            malformed = _RedisDelivery(self, sub, entry_id, salvaged, attempt, raw=fields)
+            await malformed.dead_letter_received(f"malformed entry: {exc}")
+            return None
+        delivery = _RedisDelivery(self, sub, entry_id, message, attempt)
         if await delivery.dead_letter_if_over(self._max_deliveries):
             return None
         sub.delivered[entry_id] = delivery
@@ -602,7 +645,7 @@ class RedisStreamsTransport(WriteBehindAcks[_Subscription]):
         self, sub: _Subscription, entry_id: str, delivery: _RedisDelivery, reason: str
     ) -> None:
         message = delivery.message
-        fields = _encode(message)
+        fields = dict(delivery._raw) if delivery._raw is not None else _encode(message)
         fields.update(
             {
                 b"reason": reason.encode(),
@@ -643,7 +686,7 @@ class RedisStreamsTransport(WriteBehindAcks[_Subscription]):
                         BrokerDeadLetter(
                             topic=topic,
                             group=_s(fields.get(b"group", b"")),
-                            message=_decode(fields, topic),
+                            message=_decode(fields, topic, lenient=True),
                             reason=_s(fields.get(b"reason", b"")),
                             attempt=int(fields.get(b"attempt", b"0")),
                             ref=_s(entry_id),
