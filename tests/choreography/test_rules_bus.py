@@ -107,3 +107,67 @@ async def test_a_subscription_refused_while_running_is_retried_by_the_next_publi
         await bus.join()
     assert seen == ["2"]
     assert bus.stats.published == 1
+
+
+# -- handler failures ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("concurrency", [1, 4])
+@pytest.mark.parametrize("sync", [False, True], ids=["async", "sync"])
+@pytest.mark.parametrize("on_attempt", [1, 2], ids=["first-attempt", "in-a-retry"])
+async def test_a_handler_raising_cancelled_error_is_dead_lettered(
+    concurrency: int, sync: bool, on_attempt: int
+) -> None:
+    # Rule (docs/choreography.md): a failing message is dead-lettered with its
+    # reason and the consumer keeps running. A CancelledError raised by the
+    # handler itself (nobody cancelled the task) used to escape the pipeline:
+    # with concurrency=1 it ended the consumer (later events never handled),
+    # and the delivery stayed unsettled, neither retried nor dead-lettered.
+    calls: dict[str, int] = {}
+
+    def fail_or_record(event: OrderPlaced) -> None:
+        calls[event.order_id] = calls.get(event.order_id, 0) + 1
+        if event.order_id == "bad" and calls["bad"] >= on_attempt:
+            raise asyncio.CancelledError("a library leaked it")
+        if event.order_id == "bad":
+            raise ConnectionError("first attempt fails")
+
+    async def async_handler(event: OrderPlaced) -> None:
+        fail_or_record(event)
+
+    handler = fail_or_record if sync else async_handler
+    async with make_bus() as bus:
+        bus.subscribe(OrderPlaced, handler, group="g", concurrency=concurrency)
+        await bus.publish(OrderPlaced(order_id="bad"))
+        await bus.publish(OrderPlaced(order_id="ok"))
+        await bus.join(timeout=10)
+        [letter] = await bus.dead_letters.list(group="g")
+    assert calls == {"bad": on_attempt, "ok": 1}
+    assert letter.deliveries == 1
+    assert letter.attempts == on_attempt
+    assert "CancelledError without being cancelled: a library leaked it" in letter.reason
+    assert letter.error is not None
+    assert letter.error["type"] == "sagaflow.errors.NonRetryableError"
+    assert bus.stats.handled == 1
+
+
+async def test_stopping_still_cancels_a_handler_and_the_event_comes_back() -> None:
+    # Rule (EventBus.stop): handlers still running after the timeout are
+    # cancelled and their deliveries stay unsettled, to be redelivered; a real
+    # cancellation is not mistaken for a handler failure.
+    started = asyncio.Event()
+
+    async def stuck(event: OrderPlaced) -> None:
+        started.set()
+        await asyncio.Event().wait()
+
+    transport = MemoryTransport()
+    bus = make_bus(transport=transport)
+    bus.subscribe(OrderPlaced, stuck, group="g")
+    await bus.start()
+    await bus.publish(OrderPlaced(order_id="1"))
+    await asyncio.wait_for(started.wait(), 5)
+    await bus.stop(timeout=0.05)
+    assert bus.stats.dead_lettered == 0
+    assert transport.pending("t.order.placed.v1", group="g") == 1
+    await transport.close()

@@ -30,6 +30,7 @@ from sagaflow.choreography.dead_letters import DeadLetter, DeadLetterStore, erro
 from sagaflow.choreography.inbox import Inbox, MemoryInbox
 from sagaflow.choreography.middleware import HandleContext, Middleware, chain_handle
 from sagaflow.clock import Clock
+from sagaflow.errors import NonRetryableError
 from sagaflow.events import Event
 from sagaflow.retry import RetryPolicy
 from sagaflow.serialization import Serializer
@@ -254,6 +255,8 @@ class Pipeline:
                 await self._call(envelope.event)
             except Exception as exc:
                 await self._retry(ctx, exc, started)
+            except asyncio.CancelledError as exc:
+                raise _cancelled_by_handler(exc) from exc
         finally:
             CURRENT.reset(token)
         if memory is not None:
@@ -277,6 +280,8 @@ class Pipeline:
                 return
             except Exception as exc:
                 error = exc
+            except asyncio.CancelledError as exc:
+                raise _cancelled_by_handler(exc) from exc
 
     async def _failed(
         self, delivery: Delivery, ctx: HandleContext, error: Exception, replay: bool
@@ -355,6 +360,21 @@ class Pipeline:
     def _settle_failed(self, error: Exception) -> None:
         self.stats.settle_errors += 1
         logger.warning("transport refused to settle a delivery: %s", type(error).__name__)
+
+
+def _cancelled_by_handler(error: asyncio.CancelledError) -> NonRetryableError:
+    """Return the failure to record for a `CancelledError` raised by a handler.
+
+    Re-raises ``error`` when this task is being cancelled (the bus is stopping:
+    the delivery stays unsettled, to be redelivered). Raised by the handler (or a
+    library under it) while nobody cancelled the task, it is a failure instead:
+    let through, it would end the consumer and leave the delivery unsettled.
+    """
+    task = asyncio.current_task()
+    if task is None or task.cancelling():
+        raise error
+    detail = f": {error}" if str(error) else ""
+    return NonRetryableError(f"the handler raised CancelledError without being cancelled{detail}")
 
 
 def _caller(handler: Callable[[Any], object]) -> Callable[[Event], Awaitable[object]]:
