@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import uuid
 from collections.abc import AsyncIterator, Sequence
@@ -104,6 +105,22 @@ CREATE TABLE IF NOT EXISTS {p}dead_letters (
     failed_at timestamptz NOT NULL DEFAULT now()
 );
 """
+
+
+def _headers(value: Any, *, lenient: bool = False) -> dict[str, str]:
+    """Return a row's headers.
+
+    Raises:
+        ValueError: They are not a JSON object of strings (a row another writer
+            inserted); with ``lenient``, return ``{}`` instead (for dead letters).
+    """
+    if isinstance(value, str | bytes):
+        value = json.loads(value)
+    if isinstance(value, dict) and all(isinstance(v, str) for v in value.values()):
+        return value
+    if lenient:
+        return {}
+    raise ValueError("headers are not a JSON object of strings")
 
 
 @dataclass(eq=False)
@@ -379,13 +396,14 @@ class PostgresTransport(WriteBehindAcks[_Subscription]):
     ) -> list[_PgDelivery]:
         out = []
         for seq, msg_id, body, headers, key, attempts in rows:
-            message = Message(
-                id=msg_id,
-                topic=sub.topic,
-                body=bytes(body),
-                headers=headers if isinstance(headers, dict) else json.loads(headers),
-                key=key,
-            )
+            message = Message(id=msg_id, topic=sub.topic, body=bytes(body), key=key)
+            try:
+                message = dataclasses.replace(message, headers=_headers(headers))
+            except ValueError as exc:
+                # Malformed: move the row, as it is, to the dead letters with the reason.
+                malformed = _PgDelivery(self, sub, int(seq), message, int(attempts))
+                await malformed.dead_letter_received(f"malformed row: {exc}")
+                continue
             delivery = _PgDelivery(self, sub, int(seq), message, int(attempts))
             if await delivery.dead_letter_if_over(self._max_deliveries):
                 continue
@@ -487,7 +505,13 @@ class PostgresTransport(WriteBehindAcks[_Subscription]):
             BrokerDeadLetter(
                 topic=topic,
                 group=grp,
-                message=Message(id=msg_id, topic=topic, body=bytes(body), headers=headers, key=key),
+                message=Message(
+                    id=msg_id,
+                    topic=topic,
+                    body=bytes(body),
+                    headers=_headers(headers, lenient=True),
+                    key=key,
+                ),
                 reason=reason,
                 attempt=attempts,
                 ref=str(seq),
