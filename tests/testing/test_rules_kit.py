@@ -441,3 +441,71 @@ def test_injected_fault_names_where_and_which_attempt():
     error = Fault.raise_on(2).exception("charge", 2)
     assert isinstance(error, InjectedFault)
     assert str(error) == "injected fault in charge (attempt 2)"
+
+
+# -- hostile messages: each breaks only the rule it is labelled with ---------------------------
+
+hostile_registry = EventRegistry()
+
+
+class Paid(Event, type="test.kit.paid.v1", registry=hostile_registry):
+    order_id: str
+    cents: int
+
+
+def _serializers():
+    from sagaflow import JsonSerializer
+    from sagaflow.serialization import HmacSigner
+
+    signer = HmacSigner({"k1": b"0123456789abcdef0123"})
+    return (
+        JsonSerializer(hostile_registry, max_size=2048, signer=signer),
+        JsonSerializer(hostile_registry, max_size=2048),
+        JsonSerializer(hostile_registry, max_size=10**7, signer=signer),
+    )
+
+
+SIGNED, UNSIGNED, NO_SIZE_LIMIT = _serializers()
+
+
+def test_hostile_messages_are_each_caught_for_their_own_reason():
+    from hypothesis import given, settings
+
+    from sagaflow.errors import MessageTooLargeError, SerializationError, SignatureError
+    from sagaflow.testing.strategies import events, hostile_messages
+
+    seen: set[str] = set()
+
+    @settings(max_examples=150, deadline=None, database=None)
+    @given(hostile_messages(SIGNED, "t", events(Paid)))
+    def check(hostile: tuple[str, Message]) -> None:
+        kind, message = hostile
+        seen.add(kind)
+        with pytest.raises(SerializationError):
+            SIGNED.decode(message)
+        if kind == "bad-signature":
+            with pytest.raises(SignatureError):
+                SIGNED.decode(message)
+            # Nothing else is wrong: a serializer that skipped the check would accept it.
+            assert isinstance(UNSIGNED.decode(message).event, Paid)
+            return
+        # The signature is valid: a serializer must reject it for what the label says.
+        assert SIGNED.signer is not None
+        SIGNED.signer.verify(message.headers, message.body)
+        if kind == "oversized":
+            with pytest.raises(MessageTooLargeError):
+                SIGNED.decode(message)
+            assert isinstance(NO_SIZE_LIMIT.decode(message).event, Paid)
+        else:
+            with pytest.raises(SerializationError):
+                NO_SIZE_LIMIT.decode(message)
+
+    check()
+    assert seen == {
+        "malformed-json",
+        "wrong-types",
+        "oversized",
+        "unknown-type",
+        "missing-headers",
+        "bad-signature",
+    }

@@ -153,6 +153,11 @@ def hostile_messages(
 ) -> tuple[str, Message]:
     """Messages a consumer must dead-letter, with a label saying what is wrong.
 
+    Each message breaks only the rule its label names: with a signing
+    serializer, the others are signed again (so the signature does not give
+    them away), a ``bad-signature`` body is still valid JSON, and an
+    ``oversized`` body is a valid one padded past ``max_size``.
+
     Returns:
         ``(kind, message)`` where kind is one of ``malformed-json``, ``wrong-types``,
         ``oversized``, ``bad-signature``, ``unknown-type``, ``missing-headers``.
@@ -172,11 +177,13 @@ def hostile_messages(
     elif kind == "wrong-types":
         body = json.dumps(draw(st.sampled_from([[], 42, "text", None, {"unexpected": 1}]))).encode()
     elif kind == "oversized":
-        body = b'{"x": "' + b"a" * (serializer.max_size + 1) + b'"}'
+        body = body + b" " * (serializer.max_size + 1 - len(body))
     elif kind == "unknown-type":
         headers = {k: ("no.such.event.v9" if k == "ce-type" else v) for k, v in headers.items()}
     elif kind == "missing-headers":
         headers = {k: v for k, v in headers.items() if k not in ("ce-type", "ce-id")}
     elif kind == "bad-signature":
-        body = body[:-1] + (b" " if body[-1:] != b" " else b"\n")
+        body = body + b" "  # trailing whitespace: still valid JSON
+    if serializer.signer is not None and kind != "bad-signature":
+        headers.update(serializer.signer.sign(headers, body))
     return kind, Message(id=good.id, topic=topic, body=body, headers=headers, key=good.key)
