@@ -106,8 +106,11 @@ _PUBLISH_FAILURES: tuple[type[BaseException], ...] = (
 )
 
 
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
+def _text(value: Any, *, lenient: bool = False) -> str:
+    """Header value as text; bytes that are not UTF-8 raise, or with ``lenient`` are escaped."""
+    if isinstance(value, bytes):
+        return value.decode(errors="backslashreplace") if lenient else value.decode()
+    return str(value)
 
 
 def _int(value: Any) -> int:
@@ -137,7 +140,7 @@ class _RabbitDelivery(BrokerDelivery["RabbitMQTransport", _Subscription]):
     transport published before plus the broker's count for this copy.
     """
 
-    __slots__ = ("_incoming", "_retries")
+    __slots__ = ("_incoming", "_malformed", "_retries")
 
     transport_name = "RabbitMQTransport"
 
@@ -147,20 +150,34 @@ class _RabbitDelivery(BrokerDelivery["RabbitMQTransport", _Subscription]):
         attempt = retries + _int(raw.get("x-delivery-count", 0)) + 1
         if incoming.redelivered and "x-delivery-count" not in raw:
             attempt = max(attempt, retries + 2)
+        # Why the message cannot be handed out (it is dead-lettered instead), if so.
+        self._malformed: str | None = None
+        try:
+            message = self._decode(sub, incoming, raw, lenient=False)
+        except UnicodeDecodeError:
+            self._malformed = "malformed message: a header is not UTF-8 text"
+            message = self._decode(sub, incoming, raw, lenient=True)
+        super().__init__(transport, sub, message, attempt)
+        self._incoming = incoming
+        self._retries = retries
+
+    @staticmethod
+    def _decode(
+        sub: _Subscription, incoming: Any, raw: dict[str, Any], *, lenient: bool
+    ) -> Message:
         headers = {
-            k: _text(v) for k, v in raw.items() if k not in _BROKER_HEADERS and k not in _INTERNAL
+            k: _text(v, lenient=lenient)
+            for k, v in raw.items()
+            if k not in _BROKER_HEADERS and k not in _INTERNAL
         }
         key = raw.get(_KEY)
-        message = Message(
+        return Message(
             id=incoming.message_id or "",
             topic=sub.topic,
             body=incoming.body,
             headers=headers,
-            key=_text(key) if key is not None else None,
+            key=_text(key, lenient=lenient) if key is not None else None,
         )
-        super().__init__(transport, sub, message, attempt)
-        self._incoming = incoming
-        self._retries = retries
 
     def _forget(self) -> None:
         self._sub.outstanding.pop(id(self), None)
@@ -412,6 +429,10 @@ class RabbitMQTransport:
         out = []
         for raw in incoming:
             delivery = _RabbitDelivery(self, sub, raw)
+            if delivery._malformed is not None:
+                # Dead-letter it with the reason: never drop it, never crash on it.
+                await delivery.dead_letter_received(delivery._malformed)
+                continue
             if await delivery.dead_letter_if_over(self._max_deliveries):
                 continue
             sub.outstanding[id(delivery)] = delivery
@@ -542,13 +563,16 @@ class RabbitMQTransport:
     @staticmethod
     def _dead_letter_from(topic: str, incoming: Any) -> BrokerDeadLetter:
         raw = dict(incoming.headers or {})
-        reason = _text(raw.get(_REASON) or f"broker: {_text(raw.get('x-first-death-reason', ''))}")
-        group = _text(raw.get(_GROUP, ""))
+        reason = _text(
+            raw.get(_REASON) or f"broker: {_text(raw.get('x-first-death-reason', ''))}",
+            lenient=True,
+        )
+        group = _text(raw.get(_GROUP, ""), lenient=True)
         if not group and raw.get("x-first-death-queue"):
             group = _text(raw["x-first-death-queue"]).rsplit(":", 1)[-1]
         attempt = _int(raw.get(_ATTEMPT) or raw.get("x-delivery-count", 0))
         headers = {
-            k: _text(v)
+            k: _text(v, lenient=True)
             for k, v in raw.items()
             if k not in _BROKER_HEADERS and k not in _INTERNAL and k != "sagaflow-failed-at"
         }
@@ -558,7 +582,7 @@ class RabbitMQTransport:
             topic=topic,
             body=incoming.body,
             headers=headers,
-            key=_text(key) if key is not None else None,
+            key=_text(key, lenient=True) if key is not None else None,
         )
         return BrokerDeadLetter(
             topic=topic,
