@@ -7,13 +7,30 @@ Every test names the rule it checks (module docstrings of
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
 
 import pytest
 
-from sagaflow.errors import ConfigurationError, TransportUnavailableError
+from sagaflow.choreography import (
+    DeadLetter,
+    HandleContext,
+    MemoryDeadLetterStore,
+    MemoryInbox,
+    Middleware,
+)
+from sagaflow.envelope import Envelope
+from sagaflow.errors import (
+    ConfigurationError,
+    NonRetryableError,
+    TransportClosedError,
+    TransportUnavailableError,
+)
+from sagaflow.events import Event
+from sagaflow.retry import RetryPolicy
 from sagaflow.transports.memory import MemoryTransport
 
-from ._support import OrderPlaced, PaymentTaken, make_bus
+from ._support import OrderPlaced, PaymentTaken, make_bus, memory, wait_for
 
 
 class RefusingDeclare(MemoryTransport):
@@ -171,3 +188,319 @@ async def test_stopping_still_cancels_a_handler_and_the_event_comes_back() -> No
     assert bus.stats.dead_lettered == 0
     assert transport.pending("t.order.placed.v1", group="g") == 1
     await transport.close()
+
+
+# -- settling --------------------------------------------------------------------------
+
+
+class _Proxy:
+    """A delivery whose settlements the test can refuse (the broker connection drops)."""
+
+    def __init__(self, inner: Any, transport: RefusingSettle) -> None:
+        self._inner = inner
+        self._transport = transport
+        self.message = inner.message
+        self.attempt = inner.attempt
+
+    async def _maybe_refuse(self, name: str) -> None:
+        if name in self._transport.refuse:
+            self._transport.refuse.discard(name)
+            raise TransportUnavailableError(f"{name} refused")
+
+    async def ack(self) -> None:
+        await self._maybe_refuse("ack")
+        await self._inner.ack()
+
+    async def nack(self, *, delay: float = 0.0) -> None:
+        await self._maybe_refuse("nack")
+        await self._inner.nack(delay=delay)
+
+    async def dead_letter(self, reason: str) -> None:
+        await self._maybe_refuse("dead_letter")
+        await self._inner.dead_letter(reason)
+
+
+class RefusingSettle(MemoryTransport):
+    """Refuses the next settlement of each kind named in ``refuse`` (once each)."""
+
+    def __init__(self, *refuse: str) -> None:
+        super().__init__()
+        self.refuse = set(refuse)
+
+    def subscribe(self, topic: str, *, group: str) -> AsyncIterator[Any]:  # type: ignore[override]
+        inner = super().subscribe(topic, group=group)
+
+        async def proxied() -> AsyncIterator[Any]:
+            try:
+                async for delivery in inner:
+                    yield _Proxy(delivery, self)
+            finally:
+                await inner.aclose()
+
+        return proxied()
+
+
+async def test_a_refused_ack_is_counted_and_consumption_goes_on() -> None:
+    # Rule (Pipeline.process): never raises; a transport refusing to settle is
+    # counted in stats.settle_errors and the next deliveries are handled. The
+    # unacked delivery is not lost: it stays with the transport.
+    transport = RefusingSettle("ack")
+    seen: list[str] = []
+    bus = make_bus(transport=transport)
+    bus.subscribe(OrderPlaced, lambda e: seen.append(e.order_id), group="g")
+    async with bus:
+        await bus.publish(OrderPlaced(order_id="1"))
+        await bus.publish(OrderPlaced(order_id="2"))
+        await wait_for(lambda: len(seen) == 2)
+        assert bus.stats.settle_errors == 1
+        assert transport.in_flight("t.order.placed.v1", group="g") == 1  # "1", unacked
+    assert seen == ["1", "2"]
+    assert bus.stats.handled == 2
+
+
+async def test_a_refused_nack_and_dead_letter_are_counted_not_raised() -> None:
+    # Rule (Pipeline): a refused nack or dead-letter is counted, never raised,
+    # and the dead letter is stored before the transport is asked (never lost).
+    transport = RefusingSettle("nack", "dead_letter")
+    calls: list[str] = []
+
+    async def failing(event: OrderPlaced) -> None:
+        calls.append(event.order_id)
+        if event.order_id == "retry":
+            raise ConnectionError("later")  # retried, then nacked: refused
+        raise NonRetryableError("bad")  # dead-lettered: refused by the transport
+
+    async with make_bus(transport=transport, retry=RetryPolicy.no_retry()) as bus:
+        bus.subscribe(OrderPlaced, failing, group="g")
+        await bus.publish(OrderPlaced(order_id="retry"))
+        await bus.publish(OrderPlaced(order_id="bad"))
+        await bus.publish(OrderPlaced(order_id="bad-2"))
+        await wait_for(lambda: bus.stats.settle_errors == 2 and len(calls) == 3)
+        letters = await bus.dead_letters.list(group="g")
+    assert bus.stats.redeliveries == 1
+    assert [letter.reason.startswith("non-retryable") for letter in letters] == [True, True]
+    assert bus.stats.dead_lettered == 2
+
+
+async def test_a_failing_on_dead_letter_hook_is_contained(caplog: pytest.LogCaptureFixture) -> None:
+    # Rule (EventBus on_dead_letter): called after the letter is stored; a hook
+    # that raises neither loses the letter nor stops the consumer.
+    def hook(letter: DeadLetter) -> None:
+        raise RuntimeError("pager down")
+
+    seen: list[str] = []
+
+    async def handler(event: OrderPlaced) -> None:
+        if event.order_id == "bad":
+            raise NonRetryableError("bad")
+        seen.append(event.order_id)
+
+    async with make_bus(on_dead_letter=hook) as bus:
+        bus.subscribe(OrderPlaced, handler, group="g")
+        await bus.publish(OrderPlaced(order_id="bad"))
+        await bus.publish(OrderPlaced(order_id="ok"))
+        await bus.join()
+        letters = await bus.dead_letters.list()
+    assert seen == ["ok"]
+    assert len(letters) == 1
+    assert len(memory(bus).dead_letters(group="g")) == 1
+    assert "on_dead_letter hook failed" in caplog.text
+
+
+# -- replay ----------------------------------------------------------------------------
+
+
+async def test_replay_keeps_the_letter_when_the_store_refuses_the_new_one() -> None:
+    # Rule (EventBus.replay): on failure the letter is replaced by one with the
+    # new reason; nothing is lost. When the store cannot take the new letter,
+    # the old one stays and replay reports failure.
+    class Flaky(MemoryDeadLetterStore):
+        broken = False
+
+        async def add(self, letter: DeadLetter) -> None:
+            if self.broken:
+                raise OSError("disk full")
+            await super().add(letter)
+
+    store = Flaky()
+    async with make_bus(dead_letters=store) as bus:
+        bus.subscribe(OrderPlaced, _always_fails, group="g")
+        await bus.publish(OrderPlaced(order_id="1"))
+        await bus.join()
+        [letter] = await store.list()
+        store.broken = True
+        assert not await bus.replay(letter.id)
+    assert await store.list() == [letter]
+
+
+async def _always_fails(event: OrderPlaced) -> None:
+    raise NonRetryableError("still broken")
+
+
+# -- lifecycle -------------------------------------------------------------------------
+
+
+class GatedDeclare(MemoryTransport):
+    """Declaring a group waits for ``gate`` (a slow broker)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = asyncio.Event()
+        self.declaring = asyncio.Event()
+
+    async def declare(self, topic: str, *, group: str) -> None:
+        self.declaring.set()
+        await self.gate.wait()
+        await super().declare(topic, group=group)
+
+
+async def test_join_waits_for_subscriptions_made_while_running() -> None:
+    # Rule (EventBus.join): returns when every group of the bus is idle; a
+    # subscription still starting counts as busy.
+    transport = GatedDeclare()
+    transport.gate.set()
+    async with make_bus(transport=transport) as bus:
+        bus.subscribe(OrderPlaced, lambda e: None, group="first")
+        await bus.start()
+        transport.gate.clear()
+        bus.subscribe(PaymentTaken, lambda e: None, group="late")
+        joining = asyncio.ensure_future(bus.join(timeout=10))
+        await asyncio.wait_for(transport.declaring.wait(), 5)
+        await asyncio.sleep(0.02)
+        assert not joining.done()
+        transport.gate.set()
+        await joining
+
+
+async def test_stop_cancels_subscriptions_still_starting() -> None:
+    # Rule (EventBus.stop): shuts down gracefully; a subscription whose group
+    # is still being declared is abandoned, and no consumer is left running.
+    transport = GatedDeclare()
+    transport.gate.set()
+    bus = make_bus(transport=transport)
+    await bus.start()
+    transport.gate.clear()
+    bus.subscribe(OrderPlaced, lambda e: None, group="late")
+    await asyncio.wait_for(transport.declaring.wait(), 5)
+    await asyncio.wait_for(bus.stop(), 5)
+    assert consumer_tasks() == []
+    assert not [t for t in asyncio.all_tasks() if "_start_subscription" in repr(t)]
+
+
+async def test_join_needs_a_memory_transport() -> None:
+    # Rule (EventBus.join): only meaningful with a MemoryTransport (possibly
+    # wrapped, exposed as ``inner``); anything else is a ConfigurationError.
+    class Wrapper:
+        def __init__(self, inner: object) -> None:
+            self.inner = inner
+
+    class Elsewhere:
+        pass
+
+    bus = make_bus(transport=Wrapper(Elsewhere()), close_transport=False)  # type: ignore[arg-type]
+    with pytest.raises(ConfigurationError, match="MemoryTransport"):
+        await bus.join()
+    wrapped = make_bus(transport=Wrapper(MemoryTransport()))  # type: ignore[arg-type]
+    await wrapped.join(timeout=1)
+
+
+async def test_stop_while_waiting_for_a_slot_loses_nothing() -> None:
+    # Rule (Consumer): at most ``concurrency`` events at once; stopping cancels
+    # an intake waiting for a slot, and every delivery not handled goes back to
+    # the transport (nothing lost).
+    gate = asyncio.Event()
+    started: list[str] = []
+
+    async def slow(event: OrderPlaced) -> None:
+        started.append(event.order_id)
+        await gate.wait()
+
+    transport = MemoryTransport()
+    bus = make_bus(transport=transport)
+    bus.subscribe(OrderPlaced, slow, group="g", concurrency=2)
+    await bus.start()
+    for n in range(4):
+        await bus.publish(OrderPlaced(order_id=str(n)))
+    await wait_for(lambda: len(started) == 2)
+    await bus.stop(timeout=0.05)
+    assert len(started) == 2
+    assert transport.pending("t.order.placed.v1", group="g") == 4
+    await transport.close()
+
+
+class ClosingIterators(MemoryTransport):
+    """Subscriptions end with TransportClosedError; closing them fails."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.subscriptions = 0
+
+    def subscribe(self, topic: str, *, group: str) -> AsyncIterator[Any]:  # type: ignore[override]
+        self.subscriptions += 1
+        return _Ending()
+
+
+class _Ending:
+    def __aiter__(self) -> _Ending:
+        return self
+
+    async def __anext__(self) -> Any:
+        raise TransportClosedError("connection closed by the broker")
+
+    async def aclose(self) -> None:
+        raise OSError("socket already gone")
+
+
+async def test_a_closed_subscription_ends_its_consumer_and_a_failing_close_is_logged(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Rule (Consumer): a transport that closes the subscription ends the
+    # consumer (no resubscribe loop against a closed transport), and stop()
+    # still completes when closing the iterator fails (logged, not raised).
+    transport = ClosingIterators()
+    bus = make_bus(transport=transport)
+    bus.subscribe(OrderPlaced, lambda e: None, group="g")
+    await bus.start()
+    await wait_for(lambda: consumer_tasks() == [])
+    await asyncio.wait_for(bus.stop(), 5)
+    assert transport.subscriptions == 1
+    assert "closing a subscription failed: OSError" in caplog.text
+
+
+# -- small public pieces ---------------------------------------------------------------
+
+
+async def test_memory_inbox_mark_is_the_awaitable_form() -> None:
+    # Rule (Inbox protocol): mark records the pair, idempotently, per group.
+    inbox = MemoryInbox(max_entries=None)
+    await inbox.mark("g", "e1")
+    await inbox.mark("g", "e1")
+    assert await inbox.seen("g", "e1")
+    assert not await inbox.seen("h", "e1")
+    assert len(inbox) == 1
+
+
+async def test_middleware_calling_the_base_hooks_passes_through() -> None:
+    # Rule (Middleware): both hooks pass through unless overridden; an override
+    # delegating to super() behaves like the base class.
+    class Counting(Middleware):
+        def __init__(self) -> None:
+            self.publishes = 0
+            self.handles = 0
+
+        async def on_publish(self, envelopes: Sequence[Envelope[Event]], call_next: Any) -> None:
+            self.publishes += 1
+            await super().on_publish(envelopes, call_next)
+
+        async def on_handle(self, ctx: HandleContext, call_next: Any) -> None:
+            self.handles += 1
+            assert "HandleContext t.order.placed.v1" in repr(ctx)
+            await super().on_handle(ctx, call_next)
+
+    counting = Counting()
+    seen: list[str] = []
+    async with make_bus(middleware=[counting]) as bus:
+        bus.subscribe(OrderPlaced, lambda e: seen.append(e.order_id), group="g")
+        await bus.publish(OrderPlaced(order_id="1"))
+        await bus.join()
+    assert (counting.publishes, counting.handles, seen) == (1, 1, ["1"])
