@@ -504,3 +504,30 @@ async def test_middleware_calling_the_base_hooks_passes_through() -> None:
         await bus.publish(OrderPlaced(order_id="1"))
         await bus.join()
     assert (counting.publishes, counting.handles, seen) == (1, 1, ["1"])
+
+
+async def test_replay_never_drops_a_letter_no_subscription_handles() -> None:
+    # Rule (EventBus.replay): the letter is removed only when its event was
+    # handled (or found handled). A bus whose subscription of the letter's group
+    # consumes its (shared) topic for another type used to ack it unhandled:
+    # replay returned True and the letter was gone.
+    store = MemoryDeadLetterStore()
+    async with make_bus(dead_letters=store, topic_for=lambda name: "t.shared") as bus:
+        bus.subscribe(PaymentTaken, _always_fails, group="g")
+        await bus.publish(PaymentTaken(order_id="1"))
+        await bus.join()
+    [letter] = await store.list()
+    seen: list[OrderPlaced] = []
+    other = make_bus(dead_letters=store, topic_for=lambda name: "t.shared")
+    other.subscribe(OrderPlaced, seen.append, group="g")
+    with pytest.raises(ConfigurationError, match=r"handles t\.payment\.taken\.v1"):
+        await other.replay(letter.id)
+    assert await store.list() == [letter]
+    assert other.stats.skipped == 0
+    # The service that handles the type replays it.
+    fixed = make_bus(dead_letters=store, topic_for=lambda name: "t.shared")
+    handled: list[PaymentTaken] = []
+    fixed.subscribe(PaymentTaken, handled.append, group="g")
+    assert await fixed.replay(letter.id)
+    assert [e.order_id for e in handled] == ["1"]
+    assert await store.list() == []

@@ -713,7 +713,7 @@ class EventBus:
         Raises:
             KeyError: No letter with that id.
             ConfigurationError: No subscription of this bus consumes the letter's
-                group and topic.
+                group and topic and handles its event type.
         """
         letter = await self.dead_letters.get(letter_id)
         if letter is None:
@@ -735,12 +735,24 @@ class EventBus:
         return done
 
     def _pipeline_for(self, letter: DeadLetter) -> Pipeline:
+        # A letter of an unknown type is replayed where its topic is consumed (it
+        # is dead-lettered again there, undecodable).
+        cls = None
+        if letter.event_type is not None and letter.event_type in self.registry:
+            cls = self.registry.get(letter.event_type)
         for subscription in self._subscriptions:
-            if subscription.group == letter.group and letter.topic in self._topics_of(subscription):
-                return self._pipelines.get(subscription) or self._make_pipeline(subscription)
+            if subscription.group != letter.group:
+                continue
+            if letter.topic not in self._topics_of(subscription):
+                continue
+            # On a shared topic the group's subscription may handle other types:
+            # replayed there, the event would be acked unhandled and the letter lost.
+            if cls is not None and not issubclass(cls, subscription.event_type):
+                continue
+            return self._pipelines.get(subscription) or self._make_pipeline(subscription)
         raise ConfigurationError(
-            f"no subscription of this bus consumes topic {letter.topic!r} "
-            f"for group {letter.group!r}"
+            f"no subscription of this bus handles {letter.event_type or 'the events'} "
+            f"of topic {letter.topic!r} for group {letter.group!r}"
         )
 
     def _make_pipeline(self, subscription: Subscription) -> Pipeline:
