@@ -483,10 +483,19 @@ class NatsJetStreamTransport:
         }
         if message.key is not None:
             headers[_KEY] = message.key
-        try:
+
+        async def send() -> None:
             await self._ensure_dlq()
             js = await self._connect()
-            await js.publish(self._dlq_subject(message.topic), message.body, headers=headers)
+            try:
+                await js.publish(self._dlq_subject(message.topic), message.body, headers=headers)
+            except _js_errors.NoStreamResponseError:
+                # The server lost the DLQ stream (restart without storage): re-create it.
+                self._streams.discard(self.dead_letter_stream)
+                raise
+
+        try:
+            await retry_publish(send, retry_on=_RETRYABLE)
             await delivery._msg.term()
         except (_errors.Error, _js_errors.Error, OSError) as exc:
             # Not terminated: the server redelivers it and the handler may dead-letter again.
