@@ -600,3 +600,34 @@ async def test_postgres_inbox_failed_marks_raise_store_error(postgres_url, schem
     )
     assert [type(r) for r in results] == [StoreError] * 3
     await inbox.close()
+
+
+@pytest.mark.services
+async def test_postgres_a_failed_row_holds_back_its_key_and_the_rest_is_released(
+    postgres_url, schema
+):
+    # Rule (ordered per key): a failed publish holds back the rest of its key;
+    # those rows are given back unpublished (released) and published in order
+    # after the retry.
+    import psycopg
+
+    from sagaflow.choreography.outbox_postgres import PostgresOutbox
+
+    outbox = PostgresOutbox(postgres_url, bus=EventBus(registry=registry), schema=schema)
+    await outbox.create_schema()
+    async with await psycopg.AsyncConnection.connect(postgres_url) as conn:
+        for n in range(3):
+            await outbox.add(conn, ItemAdded(key="a", n=n), key="a")
+        await conn.commit()
+    clock = Clock()
+    transport = RecordingTransport(down=True)
+    retry = RetryPolicy(max_attempts=None, initial_delay=10.0, jitter=False)
+    relay = OutboxRelay(outbox, transport, clock=clock, retry=retry)
+    await relay.drain()
+    assert (relay.stats.failed_publishes, relay.stats.released) == (1, 2)
+    transport.down = False
+    assert await relay.drain() == 0  # the key waits for its first row's retry
+    clock.advance(11)
+    assert await relay.drain() == 3
+    assert numbers_by_key(transport.published, decode) == {"a": [0, 1, 2]}
+    await outbox.close()
