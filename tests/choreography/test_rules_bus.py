@@ -7,6 +7,7 @@ Every test names the rule it checks (module docstrings of
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
@@ -22,15 +23,17 @@ from sagaflow.choreography import (
 from sagaflow.envelope import Envelope
 from sagaflow.errors import (
     ConfigurationError,
+    MessageTooLargeError,
     NonRetryableError,
     TransportClosedError,
     TransportUnavailableError,
 )
 from sagaflow.events import Event
 from sagaflow.retry import RetryPolicy
+from sagaflow.serialization import JsonSerializer
 from sagaflow.transports.memory import MemoryTransport
 
-from ._support import OrderPlaced, PaymentTaken, make_bus, memory, wait_for
+from ._support import REGISTRY, OrderPlaced, PaymentTaken, make_bus, memory, wait_for
 
 
 class RefusingDeclare(MemoryTransport):
@@ -531,3 +534,67 @@ async def test_replay_never_drops_a_letter_no_subscription_handles() -> None:
     assert await fixed.replay(letter.id)
     assert [e.order_id for e in handled] == ["1"]
     assert await store.list() == []
+
+
+# -- publishing ------------------------------------------------------------------------
+
+
+async def test_unrouted_publishes_warn_once_per_type_and_quietly_with_a_hook(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Rule (EventBus on_unrouted): without a hook the first unrouted publish of
+    # each type is logged at WARNING (then DEBUG); with a hook, only DEBUG.
+    caplog.set_level(logging.DEBUG, logger="sagaflow.choreography")
+    async with make_bus() as bus:
+        for n in range(3):
+            await bus.publish(PaymentTaken(order_id=str(n)))
+        await bus.publish(OrderPlaced(order_id="1"))
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert [r.getMessage().split()[1] for r in warnings] == [
+        "t.payment.taken.v1",
+        "t.order.placed.v1",
+    ]
+    assert bus.stats.unrouted == 4
+    caplog.clear()
+    async with make_bus(on_unrouted=lambda envelope: None) as quiet:
+        await quiet.publish(PaymentTaken(order_id="1"))
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert quiet.stats.unrouted == 1
+
+
+async def test_publish_many_sends_nothing_if_one_item_fails_to_encode() -> None:
+    # Rule (EventBus.publish_many): one transport call, and nothing is sent if
+    # any item fails to encode.
+    seen: list[str] = []
+    serializer = JsonSerializer(REGISTRY, max_size=200)
+    async with make_bus(serializer=serializer) as bus:
+        bus.subscribe(OrderPlaced, lambda e: seen.append(e.order_id), group="g")
+        with pytest.raises(MessageTooLargeError):
+            await bus.publish_many([OrderPlaced(order_id="small"), OrderPlaced(order_id="x" * 500)])
+        await bus.publish(OrderPlaced(order_id="after"))
+        await bus.join()
+    assert seen == ["after"]
+    assert bus.stats.published == 1
+
+
+async def test_in_process_retries_keep_the_order_of_a_key() -> None:
+    # Rule (Consumer, ordered_by_key): events sharing a key are handled one at
+    # a time, in delivery order, and in-process retries keep that order.
+    handled: list[int] = []
+    failed_once: set[int] = set()
+
+    async def flaky(event: OrderPlaced) -> None:
+        if event.total % 2 == 0 and event.total not in failed_once:
+            failed_once.add(event.total)
+            raise ConnectionError("try again")
+        handled.append(event.total)
+
+    retry = RetryPolicy(max_attempts=3, initial_delay=0.005, jitter=False)
+    async with make_bus(retry=retry) as bus:
+        bus.subscribe(OrderPlaced, flaky, group="g", concurrency=4, ordered_by_key=True)
+        for n in range(8):
+            await bus.publish(OrderPlaced(order_id="o", total=n), key="o")
+        await bus.join()
+    assert handled == list(range(8))
+    assert bus.stats.retries == 4
+    assert bus.stats.redeliveries == 0
