@@ -6,6 +6,7 @@ raw nats-py client plays the operator (or a server that lost its storage).
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -94,3 +95,97 @@ async def test_transport_dead_letter_into_a_lost_dlq_keeps_the_consumer(
     (letter,) = await t.dead_letters(topic)
     assert letter.message.id == poison.id
     assert letter.reason == "delivered 2 times (max 1)"
+
+
+async def test_publish_recreates_a_stream_the_server_lost(make: Make, js: Any) -> None:
+    t = make()
+    topic, group = sc.name("lost"), sc.name("g")
+    await t.publish([sc.msg(topic, 1)])  # creates (and caches) the stream
+    await js.delete_stream(t.stream_name(topic))
+    await t.declare(topic, group=group)  # failed with NotFoundError until a publish
+    m = sc.msg(topic, 2)
+    await t.publish([m])
+    info = await js.stream_info(t.stream_name(topic))
+    assert info.state.messages == 1
+    (d,) = await sc.take(t.subscribe(topic, group=group), 1)
+    assert d.message.id == m.id
+
+
+async def test_publish_after_the_stream_vanished_under_the_cache(make: Make, js: Any) -> None:
+    t = make()
+    topic = sc.name("lost")
+    await t.publish([sc.msg(topic, 1)])
+    await js.delete_stream(t.stream_name(topic))
+    await t.publish([sc.msg(topic, 2)])  # NoStreamResponseError: re-created, retried
+    info = await js.stream_info(t.stream_name(topic))
+    assert info.state.messages == 1
+
+
+async def test_subscription_rebinds_when_its_consumer_is_deleted(make: Make, js: Any) -> None:
+    t = make()
+    topic, group = sc.name("rebind"), sc.name("g")
+    await t.declare(topic, group=group)
+    it = t.subscribe(topic, group=group)
+    await t.publish([sc.msg(topic, 1)])
+    (d,) = await sc.take(it, 1)
+    await d.ack()
+    consumers = await js.consumers_info(t.stream_name(topic))
+    await js.delete_consumer(t.stream_name(topic), consumers[0].name)
+    await t.declare(topic, group=group)  # an operator re-creates it (or a restart does)
+    m = sc.msg(topic, 2)
+    await t.publish([m])
+    (d2,) = await sc.take(it, 1, within=20)
+    assert d2.message.id == m.id
+
+
+async def test_existing_stream_configuration_is_left_alone(make: Make, js: Any) -> None:
+    """A stream the operator created with other limits is used, not replaced (error 10058)."""
+    from nats.js.api import StreamConfig
+
+    t = make()
+    topic, group = sc.name("oper"), sc.name("g")
+    await js.add_stream(
+        StreamConfig(name=t.stream_name(topic), subjects=[t.subject(topic)], max_msgs=1000)
+    )
+    await t.declare(topic, group=group)
+    m = sc.msg(topic, 1)
+    await t.publish([m])
+    (d,) = await sc.take(t.subscribe(topic, group=group), 1)
+    assert d.message.id == m.id
+    info = await js.stream_info(t.stream_name(topic))
+    assert info.config.max_msgs == 1000
+
+
+async def test_stream_the_server_refuses_is_a_publish_error(make: Make, js: Any) -> None:
+    """Another stream already captures the topic's subject: a PublishError, not a raw error."""
+    from nats.js.api import StreamConfig
+
+    from sagaflow.errors import PublishError
+
+    t = make()
+    topic = sc.name("overlap")
+    await js.add_stream(
+        StreamConfig(name=t.stream_name("x") + "OTHER", subjects=[t.subject(topic)])
+    )
+    with pytest.raises(PublishError):
+        await t.publish([sc.msg(topic, 1)])
+
+
+async def test_unreachable_server_does_not_end_a_subscription_and_close_is_prompt(
+    make: Make,
+) -> None:
+    from sagaflow.errors import TransportUnavailableError
+
+    t = make("nats://u:hunter2@127.0.0.1:1")
+    it = t.subscribe(sc.name("down"), group="g")
+    await sc.nothing_within(it, 1.0)  # keeps retrying with backoff, no error raised
+    with pytest.raises(TransportUnavailableError) as info:
+        await t.declare("down", group="g")
+    assert "hunter2" not in str(info.value)
+    pending = asyncio.ensure_future(anext(it))
+    await asyncio.sleep(0.1)
+    started = asyncio.get_running_loop().time()
+    await t.close()
+    with pytest.raises(StopAsyncIteration):
+        await asyncio.wait_for(pending, 5)
+    assert asyncio.get_running_loop().time() - started < 3

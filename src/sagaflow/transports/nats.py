@@ -598,14 +598,23 @@ class NatsJetStreamTransport:
         """Create ``topic``'s stream and ``group``'s durable consumer now."""
         check_subscription(topic, group, self._closed.is_set(), "NatsJetStreamTransport")
         sub = self._new_subscription(topic, group)
-        try:
-            await self._ensure_stream(topic)
-            js = await self._connect()
-            await js.add_consumer(sub.stream, self._consumer_config(sub))
-        except (_errors.Error, _js_errors.Error, OSError) as exc:
-            raise TransportUnavailableError(
-                f"NATS could not declare {topic}/{group}: {type(exc).__name__}"
-            ) from exc
+        for attempt in (1, 2):
+            try:
+                await self._ensure_stream(topic)
+                js = await self._connect()
+                await js.add_consumer(sub.stream, self._consumer_config(sub))
+                return
+            except _js_errors.NotFoundError as exc:
+                # The server lost the stream (restart without storage): re-create it once.
+                self._streams.discard(sub.stream)
+                if attempt == 2:
+                    raise TransportUnavailableError(
+                        f"NATS could not declare {topic}/{group}: {type(exc).__name__}"
+                    ) from exc
+            except (_errors.Error, _js_errors.Error, OSError) as exc:
+                raise TransportUnavailableError(
+                    f"NATS could not declare {topic}/{group}: {type(exc).__name__}"
+                ) from exc
 
     # --- close -------------------------------------------------------------------------
 
