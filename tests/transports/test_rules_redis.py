@@ -154,3 +154,125 @@ async def test_malformed_entries_are_dead_lettered_and_the_consumer_goes_on(
 
 async def _no_pending(raw: Any, stream: str, group: str) -> bool:
     return (await raw.xpending(stream, group))["pending"] == 0
+
+
+async def test_group_that_vanished_is_recreated_and_reads_what_came_since(
+    make: Make, raw: Any
+) -> None:
+    """Redis restarted without persistence (stream and group gone): the consumer carries on."""
+    t = make()
+    topic, group = sc.name("gone"), sc.name("g")
+    await t.declare(topic, group=group)
+    it = t.subscribe(topic, group=group)
+    await t.publish([sc.msg(topic, 1)])
+    (d,) = await sc.take(it, 1)
+    await d.ack()
+    await asyncio.sleep(0.1)
+    await raw.delete(t.stream_key(topic))  # the stream and its group are gone
+    after = [sc.msg(topic, i) for i in (2, 3)]
+    await t.publish(after)  # re-creates the stream, but not the group
+    got = await sc.take(it, 2)  # the group is re-created from 0: nothing is missed
+    assert [x.message.id for x in got] == [m.id for m in after]
+    assert all(x.attempt == 1 for x in got)
+
+
+async def test_trimming_keeps_entries_a_group_has_not_acknowledged(make: Make, raw: Any) -> None:
+    """max_len trims acknowledged entries only: a consumer's pending entries stay readable."""
+    t = make(max_len=10)
+    topic, done, lagging = sc.name("trim"), sc.name("done"), sc.name("lag")
+    await t.declare(topic, group=done)
+    await t.declare(topic, group=lagging)
+    sent = [sc.msg(topic, i) for i in range(30)]
+    await t.publish(sent)
+    fast = t.subscribe(topic, group=done)
+    for d in await sc.take(fast, 30):
+        await d.ack()
+    slow = t.subscribe(topic, group=lagging)
+    read = await sc.take(slow, 30)
+    for d in read[:25]:
+        await d.ack()
+    held = read[25:]  # read, not acknowledged: pending
+    await asyncio.sleep(0.2)  # acks are written behind
+    await t.publish([sc.msg(topic, 99)])  # the publish that triggers a trim
+
+    async def trimmed() -> bool:
+        return bool(await raw.xlen(t.stream_key(topic)) <= 6)
+
+    await eventually(trimmed)
+    entries = await raw.xrange(t.stream_key(topic))
+    assert [f[b"id"].decode() for _, f in entries][:5] == [d.message.id for d in held]
+    for d in held:
+        await d.nack()  # still there to be delivered again
+    again = await sc.take(slow, 6)
+    assert sorted(x.message.id for x in again[:5]) == sorted(d.message.id for d in held)
+
+
+async def test_trimming_a_stream_no_group_reads(make: Make, raw: Any) -> None:
+    """Without groups nothing needs the entries: the stream is cut back towards max_len."""
+    t = make(max_len=50)
+    topic = sc.name("nogroup")
+    for start in range(0, 1000, 100):
+        await t.publish([sc.msg(topic, i) for i in range(start, start + 100)])
+
+    async def trimmed() -> bool:
+        return bool(await raw.xlen(t.stream_key(topic)) < 1000)
+
+    await eventually(trimmed)
+    assert await raw.xlen(t.stream_key(topic)) >= 50
+
+
+async def test_publish_redis_refuses_is_a_publish_error_without_the_payload(
+    make: Make, raw: Any
+) -> None:
+    t = make()
+    topic = sc.name("wrongtype")
+    await raw.set(t.stream_key(topic), "not a stream")
+    m = sc.msg(topic, 1)
+    with pytest.raises(PublishError) as info:
+        await t.publish([m])
+    assert m.body.decode() not in str(info.value)
+    assert info.value.__cause__ is not None
+
+
+async def test_declare_errors_are_typed_and_masked(make: Make, raw: Any) -> None:
+    from sagaflow.errors import TransportUnavailableError
+
+    t = make()
+    topic = sc.name("wrongtype")
+    await raw.set(t.stream_key(topic), "not a stream")
+    with pytest.raises(TransportUnavailableError):
+        await t.declare(topic, group="g")
+    down = RedisStreamsTransport("redis://u:hunter2@127.0.0.1:1/0")
+    try:
+        with pytest.raises(TransportUnavailableError) as info:
+            await down.declare("topic", group="g")
+        assert "hunter2" not in str(info.value)
+    finally:
+        await down.close()
+
+
+async def test_resp3_connections_deliver_too(make: Make) -> None:
+    """client_options reach redis-py: a RESP3 connection reads the stream the same way."""
+    t = make(client_options={"protocol": 3})
+    topic, group = sc.name("resp3"), sc.name("g")
+    await t.declare(topic, group=group)
+    m = sc.msg(topic, 1)
+    await t.publish([m])
+    (d,) = await sc.take(t.subscribe(topic, group=group), 1)
+    assert d.message == m
+    await d.ack()
+
+
+async def test_delayed_retry_of_an_entry_deleted_meanwhile_is_settled(make: Make, raw: Any) -> None:
+    """An entry deleted by hand while waiting for its retry: nothing delivered, nothing pending."""
+    t = make()
+    topic, group = sc.name("xdel"), sc.name("g")
+    await t.declare(topic, group=group)
+    it = t.subscribe(topic, group=group)
+    await t.publish([sc.msg(topic, 1)])
+    (d,) = await sc.take(it, 1)
+    await d.nack(delay=0.3)
+    await raw.xdel(t.stream_key(topic), d._key)  # type: ignore[attr-defined]
+    await sc.nothing_within(it, 1.0)
+    assert await _no_pending(raw, t.stream_key(topic), group)
+    assert await raw.zcard(t._delay_key(topic, group)) == 0
