@@ -79,3 +79,14 @@ def test_full_jitter_stays_within_the_capped_delay(attempt, initial, backoff, ca
     policy = RetryPolicy(initial_delay=initial, backoff=backoff, max_delay=cap)
     delay = policy.delay(attempt, random.Random(seed))
     assert 0 <= delay <= cap
+
+
+def test_a_retry_if_that_raises_means_do_not_retry_and_is_logged(caplog):
+    def broken(error):
+        raise KeyError("bug in the predicate")
+
+    policy = RetryPolicy(retry_if=broken)
+    with caplog.at_level("ERROR", logger="sagaflow.retry"):
+        assert policy.should_retry(ConnectionError("reset"), attempt=1, elapsed=0.0) is False
+    assert "retry_if raised while judging a ConnectionError; not retrying" in caplog.text
+    assert "KeyError" in caplog.text  # the predicate's own error, with its traceback

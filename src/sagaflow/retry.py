@@ -15,6 +15,7 @@ Example:
 
 from __future__ import annotations
 
+import logging
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -24,6 +25,7 @@ from sagaflow.errors import ConfigurationError, NonRetryableError
 __all__ = ["RetryPolicy"]
 
 _DEFAULT_RANDOM = random.Random()
+_log = logging.getLogger("sagaflow.retry")
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -58,7 +60,12 @@ class RetryPolicy:
     """Errors that are never retried, even when they match ``retry_on``."""
 
     retry_if: Callable[[BaseException], bool] | None = field(default=None, compare=False)
-    """Optional extra predicate; the error is retried only if it returns true."""
+    """Optional extra predicate; the error is retried only if it returns true.
+
+    A predicate that raises counts as "do not retry" (and is logged as an
+    error): the failure then takes its final path (a step's saga turns back, a
+    handler's event is dead-lettered) instead of being lost with the predicate's
+    own error."""
 
     def __post_init__(self) -> None:
         if self.max_attempts is not None and self.max_attempts < 1:
@@ -88,7 +95,16 @@ class RetryPolicy:
             return False
         if self.give_up_on and isinstance(error, self.give_up_on):
             return False
-        return self.retry_if is None or self.retry_if(error)
+        if self.retry_if is None:
+            return True
+        try:
+            return bool(self.retry_if(error))
+        except Exception:
+            _log.exception(
+                "RetryPolicy.retry_if raised while judging a %s; not retrying",
+                type(error).__name__,
+            )
+            return False
 
     def should_retry(self, error: BaseException, *, attempt: int, elapsed: float) -> bool:
         """Decide whether to make another attempt after ``error``.

@@ -598,3 +598,24 @@ async def test_in_process_retries_keep_the_order_of_a_key() -> None:
     assert handled == list(range(8))
     assert bus.stats.retries == 4
     assert bus.stats.redeliveries == 0
+
+
+async def test_a_retry_predicate_that_raises_dead_letters_the_event() -> None:
+    # Rule (RetryPolicy.retry_if): a predicate that raises means "do not retry",
+    # so the failing event takes its final path, the dead letters, instead of
+    # being handed back to the transport forever.
+    def broken(error: BaseException) -> bool:
+        raise KeyError("bug in the predicate")
+
+    async def fails(event: OrderPlaced) -> None:
+        raise ConnectionError("reset")
+
+    policy = RetryPolicy(max_attempts=5, initial_delay=0, retry_if=broken)
+    async with make_bus(retry=policy) as bus:
+        bus.subscribe(OrderPlaced, fails, group="g")
+        await bus.publish(OrderPlaced(order_id="o1"))
+        await bus.join(timeout=10)
+        [letter] = await bus.dead_letters.list(group="g")
+    assert letter.attempts == 1
+    assert letter.error is not None
+    assert letter.error["type"] == "builtins.ConnectionError"

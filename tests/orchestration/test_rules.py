@@ -1093,3 +1093,29 @@ async def test_a_cancel_arriving_as_compensations_finish_still_cancels_the_calle
     else:
         assert undone == ["a"]  # b failed cleanly: nothing to undo
         assert (await turned_back_on(store, "c"))["message"] == "no stock"
+
+
+async def test_a_retry_predicate_that_raises_turns_the_saga_back_instead_of_losing_it():
+    def broken(error):
+        raise KeyError("bug in the predicate")
+
+    ledger = Ledger()
+    saga = Saga(
+        "order",
+        state=Order,
+        steps=[
+            Step("a", ledger.action("a"), compensate=ledger.action("undo_a")),
+            Step(
+                "b",
+                raising(ConnectionError, "reset"),
+                compensate=ledger.action("undo_b"),
+                retry=RetryPolicy(max_attempts=5, initial_delay=0, retry_if=broken),
+            ),
+        ],
+    )
+    store = MemorySagaStore()
+    result = await Orchestrator(store).run(saga, Order(), saga_id="p1")
+    assert result.status is SagaStatus.COMPENSATED
+    assert ledger.calls == ["a", "undo_a"]
+    assert (await store.load("p1")).status is SagaStatus.COMPENSATED
+    assert result.error == {"type": "ConnectionError", "message": "reset", "step": "b"}
