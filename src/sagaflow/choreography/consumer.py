@@ -223,16 +223,6 @@ class Consumer:
         self._workers.add(task)
         task.add_done_callback(self._workers.discard)
 
-    async def _process(self, delivery: Delivery) -> None:
-        try:
-            await self.pipeline.process(delivery)
-        except Exception:
-            # The pipeline settles every failure itself; this is a last resort so
-            # that one bad delivery never ends consumption.
-            logger.exception(
-                "unexpected error handling a delivery of group %r", self.pipeline.group
-            )
-
     async def _one(self, delivery: Delivery) -> None:
         try:
             await self.pipeline.process(delivery)
