@@ -536,6 +536,30 @@ async def test_replay_never_drops_a_letter_no_subscription_handles() -> None:
     assert await store.list() == []
 
 
+async def test_replay_all_on_a_shared_store_leaves_other_services_letters() -> None:
+    # Rule (EventBus.replay_all): a dead-letter store shared by services holds
+    # letters of groups this bus does not consume; replay_all replays its own
+    # and leaves the rest. It used to stop with a ConfigurationError at the
+    # first foreign letter, after replaying only some of its own.
+    store = MemoryDeadLetterStore()
+    async with make_bus(dead_letters=store) as failing:
+        failing.subscribe(OrderPlaced, _always_fails, group="billing")
+        failing.subscribe(PaymentTaken, _always_fails, group="shipping")
+        failing.subscribe(OrderPlaced, _always_fails, group="shipping")
+        await failing.publish(OrderPlaced(order_id="1"))
+        await failing.publish(PaymentTaken(order_id="2"))
+        await failing.join()
+    assert len(await store.list()) == 3
+    handled: list[str] = []
+    shipping = make_bus(dead_letters=store)
+    shipping.subscribe(OrderPlaced, lambda e: handled.append(e.order_id), group="shipping")
+    shipping.subscribe(PaymentTaken, lambda e: handled.append(e.order_id), group="shipping")
+    assert await shipping.replay_all() == 2
+    assert sorted(handled) == ["1", "2"]
+    [left] = await store.list()
+    assert left.group == "billing"
+
+
 # -- publishing ------------------------------------------------------------------------
 
 

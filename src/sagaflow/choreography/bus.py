@@ -727,12 +727,29 @@ class EventBus:
         return False
 
     async def replay_all(self, *, group: str | None = None) -> int:
-        """Replay every stored dead letter (of one ``group``); return how many succeeded."""
+        """Replay every stored dead letter this bus can replay; return how many succeeded.
+
+        A dead-letter store may be shared by services: letters that no
+        subscription of this bus handles (another service's groups or types) are
+        left in the store for that service, not replayed and not counted.
+
+        Args:
+            group: Only letters of this consumer group.
+        """
         done = 0
         for letter in list(await self.dead_letters.list(group=group)):
+            if not self._can_replay(letter):
+                continue
             if await self.replay(letter.id):
                 done += 1
         return done
+
+    def _can_replay(self, letter: DeadLetter) -> bool:
+        try:
+            self._pipeline_for(letter)
+        except ConfigurationError:
+            return False
+        return True
 
     def _pipeline_for(self, letter: DeadLetter) -> Pipeline:
         # A letter of an unknown type is replayed where its topic is consumed (it
