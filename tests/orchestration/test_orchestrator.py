@@ -19,6 +19,8 @@ from sagaflow import (
 from sagaflow.errors import FencedError, NonRetryableError, SchemaError, StoreError
 from sagaflow.testing.clock import FakeClock
 
+from ._support import nothing, raising, turned_back_on
+
 FAST = RetryPolicy(max_attempts=3, initial_delay=0, jitter=False)
 
 
@@ -50,26 +52,6 @@ class Services:
 
         run.__name__ = name
         return run
-
-
-async def nothing(ctx):
-    return None
-
-
-def raising(kind: type[Exception], message: str):
-    """A step action that raises ``kind(message)`` on every attempt."""
-
-    async def action(ctx):
-        raise kind(message)
-
-    return action
-
-
-async def turned_back_on(store, saga_id):
-    """Check the saga ended COMPENSATED; return the error it turned back on."""
-    log = await store.load(saga_id)
-    assert log.status is SagaStatus.COMPENSATED
-    return next(r for r in log.records if r.kind is RecordKind.SAGA_COMPENSATING).data["error"]
 
 
 def order_saga(svc, **kw):

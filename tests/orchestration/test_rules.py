@@ -38,6 +38,8 @@ from sagaflow.errors import (
 from sagaflow.testing.clock import FakeClock
 from sagaflow.testing.crash import CrashingStore, SimulatedCrash
 
+from ._support import nothing, raising, turned_back_on
+
 NO_RETRY = RetryPolicy.no_retry()
 FAST = RetryPolicy(max_attempts=3, initial_delay=0, jitter=False)
 STORE_RETRY = RetryPolicy(max_attempts=3, initial_delay=0, retry_on=(StoreUnavailableError,))
@@ -52,19 +54,6 @@ class Order(BaseModel):
 
 class Invoice(BaseModel):
     order_id: str = "o"
-
-
-async def nothing(ctx):
-    return None
-
-
-def raising(kind: type[Exception], message: str):
-    """A step action that raises ``kind(message)`` on every attempt."""
-
-    async def action(ctx):
-        raise kind(message)
-
-    return action
 
 
 def returning(value):
@@ -90,13 +79,6 @@ class Calls:
 
 def kinds(records, step=None):
     return [r.kind for r in records if step is None or r.step == step]
-
-
-async def turned_back_on(store, saga_id):
-    """Check the saga ended COMPENSATED; return the error it turned back on."""
-    log = await store.load(saga_id)
-    assert log.status is SagaStatus.COMPENSATED
-    return next(r for r in log.records if r.kind is RecordKind.SAGA_COMPENSATING).data["error"]
 
 
 # -- what a step may return -------------------------------------------------------------

@@ -32,14 +32,12 @@ from sagaflow.orchestration.remote import (
 from sagaflow.orchestration.render import render_timeline
 from sagaflow.testing.clock import FakeClock
 
+from ._support import nothing
+
 
 class Order(BaseModel):
     order_id: str = "o"
     reservation_id: str | None = None
-
-
-async def nothing(ctx):
-    return None
 
 
 # -- definitions ------------------------------------------------------------------------
