@@ -13,6 +13,8 @@ from typing import Any
 
 import pytest
 
+from sagaflow.errors import PublishError
+from sagaflow.transports.base import Message
 from sagaflow.transports.nats import NatsJetStreamTransport
 
 from . import _scenarios as sc
@@ -189,3 +191,27 @@ async def test_unreachable_server_does_not_end_a_subscription_and_close_is_promp
     with pytest.raises(StopAsyncIteration):
         await asyncio.wait_for(pending, 5)
     assert asyncio.get_running_loop().time() - started < 3
+
+
+async def test_a_full_stream_refuses_publishes_at_once(make: Make) -> None:
+    """max_bytes with DiscardPolicy.NEW: a full stream refuses with PublishError.
+
+    It used to hang 10 s a try and end as TransportUnavailableError after four
+    tries (about 40 s): nats-py left the refused publish's future unsettled, and
+    the refusal came as a 503, which read as an outage.
+    """
+    t = make(max_bytes=4096)
+    topic = sc.name("full")
+
+    async def fill() -> int:
+        for n in range(20):
+            await t.publish([Message(topic=topic, id=f"m{n}", body=b"x" * 1000, headers={})])
+        return 20
+
+    started = asyncio.get_running_loop().time()
+    with pytest.raises(PublishError, match="maximum bytes exceeded"):
+        await fill()
+    assert asyncio.get_running_loop().time() - started < 5
+    # The stream stays full: a later publish is refused as well, as quickly.
+    with pytest.raises(PublishError):
+        await t.publish([Message(topic=topic, id="late", body=b"y" * 1000, headers={})])

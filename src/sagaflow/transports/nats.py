@@ -96,6 +96,39 @@ _RETRYABLE: tuple[type[BaseException], ...] = (
 )
 
 
+# JetStream's error for a write its stream's store refused: with max_bytes (and
+# DiscardPolicy.NEW) "maximum bytes exceeded". Sent as a 503 like a passing outage,
+# but it is a refusal.
+_STREAM_STORE_FAILED = 10077
+
+
+def _settle_refused_publishes(js: Any) -> None:
+    """Make a refused pipelined publish fail at once instead of timing out.
+
+    nats-py (up to 2.16 at least) handles the reply to ``publish_async`` with
+    ``APIError.from_error``, which raises the server's error instead of returning
+    it, so the publish's future is never settled and the caller waits for its
+    timeout. Wrapping the reply handler (before the first ``publish_async``
+    subscribes it) settles that future with the error. A nats-py without these
+    attributes is left as it is.
+    """
+    handle = getattr(js, "_handle_async_reply", None)
+    if handle is None or not hasattr(js, "_publish_async_futures"):
+        return
+
+    async def handle_async_reply(msg: Any) -> None:
+        try:
+            await handle(msg)
+        except _js_errors.APIError as error:
+            # The reply subject ends with the publish's token (no dots in it).
+            token = msg.subject.rsplit(".", 1)[-1]
+            future = (getattr(js, "_publish_async_futures", None) or {}).get(token)
+            if future is not None and not future.done():
+                future.set_exception(error)
+
+    js._handle_async_reply = handle_async_reply
+
+
 def _token(name: str) -> str:
     """A stream/consumer-safe, collision-free name for a topic or group."""
     digest = hashlib.sha1(name.encode(), usedforsecurity=False).hexdigest()[:8]
@@ -261,6 +294,7 @@ class NatsJetStreamTransport:
                     "max_reconnect_attempts", -1
                 )
                 self._js = self._nc.jetstream()
+                _settle_refused_publishes(self._js)
         return self._js
 
     async def _on_error(self, exc: Exception) -> None:
@@ -345,6 +379,12 @@ class NatsJetStreamTransport:
                 await asyncio.wait_for(asyncio.gather(*futures), timeout=10.0)
             except _js_errors.NoStreamResponseError:
                 self._streams.clear()  # server lost its streams (restart without storage)
+                raise
+            except _js_errors.ServiceUnavailableError as exc:
+                if exc.err_code == _STREAM_STORE_FAILED:  # full: retrying cannot help
+                    raise PublishError(
+                        f"JetStream refused a publish: {exc.description or 'stream full'}"
+                    ) from exc
                 raise
             finally:
                 for future in futures:
