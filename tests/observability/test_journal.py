@@ -21,6 +21,8 @@ from sagaflow.observability import (
 )
 from sagaflow.observability.sqlite import SqliteJournal
 
+from ._support import drop_table
+
 registry = EventRegistry()
 
 
@@ -112,10 +114,7 @@ async def test_postgres_journal(postgres_url):
     try:
         await exercise(journal)
     finally:
-        import psycopg
-
-        async with await psycopg.AsyncConnection.connect(postgres_url, autocommit=True) as conn:
-            await conn.execute(f"DROP TABLE IF EXISTS {table}")
+        await drop_table(postgres_url, table)
 
 
 def test_open_journal_urls(tmp_path):

@@ -24,6 +24,8 @@ from sagaflow.observability import (
 from sagaflow.observability.sqlite import SqliteJournal
 from sagaflow.testing import Fault, inject_faults
 
+from ._support import drop_table
+
 
 def entry(cid: str, at: float, **fields: object) -> JournalEntry:
     values: dict[str, object] = {"kind": EntryKind.PUBLISH, "event_id": f"{cid}-{at}"}
@@ -191,7 +193,7 @@ async def test_flow_failures_agree_with_the_trace_in_postgres(postgres_url):
     try:
         await check_failures_agree(journal)
     finally:
-        await _drop(postgres_url, table)
+        await drop_table(postgres_url, table)
 
 
 # -- SqliteJournal ----------------------------------------------------------------------------
@@ -240,13 +242,6 @@ async def test_sqlite_garbage_file_raises_a_database_error(tmp_path):
 
 
 # -- PostgresJournal --------------------------------------------------------------------------
-
-
-async def _drop(url: str, table: str) -> None:
-    import psycopg
-
-    async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
-        await conn.execute(f"DROP TABLE IF EXISTS {table}")
 
 
 def test_open_journal_accepts_both_postgres_schemes():
@@ -299,4 +294,4 @@ async def test_postgres_journal_reconnects_after_losing_its_connection(postgres_
     finally:
         await journal.close()
         await journal.close()
-        await _drop(postgres_url, table)
+        await drop_table(postgres_url, table)

@@ -11,8 +11,10 @@ import pytest
 from sagaflow.choreography import EventBus
 from sagaflow.errors import ConfigurationError
 from sagaflow.events import Event, EventRegistry
-from sagaflow.observability import EntryKind, JournalEntry, MemoryJournal, Topology
+from sagaflow.observability import MemoryJournal, Topology
 from sagaflow.observability.stalled import Expectation, StallWatcher, find_stalled
+
+from ._support import published
 
 registry = EventRegistry()
 
@@ -23,16 +25,6 @@ class Asked(Event, type="test.stall-rules.asked.v1", registry=registry):
 
 class Answered(Event, type="test.stall-rules.answered.v1", registry=registry):
     pass
-
-
-def published(cid: str, event_type: str, at: float) -> JournalEntry:
-    return JournalEntry(
-        correlation_id=cid,
-        kind=EntryKind.PUBLISH,
-        at=at,
-        event_id=f"{cid}-{at}",
-        event_type=event_type,
-    )
 
 
 ASK = Expectation(Asked, Answered, within=10)

@@ -8,7 +8,7 @@ import pytest
 
 from sagaflow.errors import ConfigurationError
 from sagaflow.examples.ecommerce.events import OrderPlaced, PaymentCaptured, PaymentFailed
-from sagaflow.observability import EntryKind, JournalEntry, MemoryJournal
+from sagaflow.observability import MemoryJournal
 from sagaflow.observability.stalled import (
     Expectation,
     StallWatcher,
@@ -16,21 +16,13 @@ from sagaflow.observability.stalled import (
     parse_duration,
 )
 
+from ._support import published
+
 PLACED, CAPTURED, FAILED = (
     "shop.order.placed.v1",
     "shop.payment.captured.v1",
     "shop.payment.failed.v1",
 )
-
-
-def published(cid: str, event_type: str, at: float) -> JournalEntry:
-    return JournalEntry(
-        correlation_id=cid,
-        kind=EntryKind.PUBLISH,
-        at=at,
-        event_id=f"{cid}-{at}",
-        event_type=event_type,
-    )
 
 
 @pytest.fixture
