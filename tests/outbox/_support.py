@@ -8,6 +8,7 @@ import uuid
 from collections import defaultdict
 from collections.abc import AsyncIterator, Sequence
 
+from sagaflow.clock import SystemClock
 from sagaflow.errors import PublishError, TransportUnavailableError
 from sagaflow.events import Event, EventRegistry
 from sagaflow.transports.base import Delivery, Message, TransportFeatures
@@ -65,6 +66,19 @@ class RecordingTransport:
 
     async def close(self) -> None:
         return None
+
+
+class OffsetClock(SystemClock):
+    """Wall time plus a manual offset: leases, retry times and retention can be skipped."""
+
+    def __init__(self) -> None:
+        self.offset = 0.0
+
+    def now(self) -> float:
+        return super().now() + self.offset
+
+    def advance(self, seconds: float) -> None:
+        self.offset += seconds
 
 
 def numbers_by_key(messages: Sequence[Message], decode) -> dict[str, list[int]]:

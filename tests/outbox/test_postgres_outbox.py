@@ -15,6 +15,7 @@ from sagaflow.serialization import JsonSerializer
 
 from ._support import (
     ItemAdded,
+    OffsetClock,
     RecordingTransport,
     assert_ordered,
     drop_schema,
@@ -224,7 +225,7 @@ async def test_expired_leases_are_claimed_again_and_retention_cleans_up(outbox, 
     async with conn.transaction():
         for n in range(3):
             await _add(outbox, conn, "a", n)
-    clock = _Clock()
+    clock = OffsetClock()
     assert len(await outbox.claim(owner="dead", limit=10, lease=30, now=clock.now())) == 3
     transport = RecordingTransport()
     relay = OutboxRelay(outbox, transport, clock=clock, lease=30, retention=100)
@@ -262,29 +263,6 @@ async def test_a_database_outage_surfaces_as_store_unavailable(schema, bus):
     with pytest.raises(StoreUnavailableError):
         await box.pending()
     await box.close()
-
-
-class _Clock:
-    def __init__(self) -> None:
-        import time
-
-        self._time = time
-        self.offset = 0.0
-
-    def now(self) -> float:
-        return self._time.time() + self.offset
-
-    def monotonic(self) -> float:
-        return self._time.monotonic()
-
-    async def sleep(self, seconds: float) -> None:
-        await asyncio.sleep(seconds)
-
-    def timeout(self, seconds):
-        return asyncio.timeout(seconds)
-
-    def advance(self, seconds: float) -> None:
-        self.offset += seconds
 
 
 async def test_without_notify_relays_poll(postgres_url, schema, bus, conn):

@@ -19,7 +19,6 @@ from sagaflow import EventBus
 from sagaflow.choreography.inbox_sqlite import SQLiteInbox
 from sagaflow.choreography.outbox import OutboxRelay
 from sagaflow.choreography.outbox_sqlite import SQLiteOutbox
-from sagaflow.clock import SystemClock
 from sagaflow.errors import (
     ConfigurationError,
     PublishError,
@@ -35,6 +34,7 @@ from sagaflow.transports.base import Message
 
 from ._support import (
     ItemAdded,
+    OffsetClock,
     RecordingTransport,
     drop_schema,
     new_schema,
@@ -49,19 +49,6 @@ class DefaultRegistered(Event, type="test-rules-outbox.default.v1"):
     """Registered in the default registry: what an outbox without a bus encodes."""
 
     n: int
-
-
-class Clock(SystemClock):
-    """Wall time plus a manual offset: leases, retries and retention can be skipped."""
-
-    def __init__(self) -> None:
-        self.offset = 0.0
-
-    def now(self) -> float:
-        return super().now() + self.offset
-
-    def advance(self, seconds: float) -> None:
-        self.offset += seconds
 
 
 async def wait_until(predicate, within: float = 10.0) -> None:  # type: ignore[no-untyped-def]
@@ -142,7 +129,7 @@ async def test_stop_cancels_a_stuck_round_and_its_rows_are_published_after_the_l
     # flight, then cancels it; its rows stay leased and are published again
     # after their lease (at-least-once).
     add_items(outbox, keys=1, per_key=2)
-    clock = Clock()
+    clock = OffsetClock()
     stuck = StuckTransport()
     relay = OutboxRelay(outbox, stuck, clock=clock, lease=30, owner="stuck")
     await relay.start()
@@ -215,7 +202,7 @@ async def test_loose_order_holds_back_a_keys_later_rows_while_the_broker_is_down
     # key (released, waiting for the retry) and nothing else; each key is
     # published in order once the broker is back.
     add_items(outbox, keys=2, per_key=3)
-    clock = Clock()
+    clock = OffsetClock()
     transport = RecordingTransport(down=True)
     retry = RetryPolicy(max_attempts=None, initial_delay=10.0, jitter=False)
     relay = OutboxRelay(outbox, transport, clock=clock, retry=retry, strict_order=False)
@@ -246,7 +233,7 @@ async def test_retention_cleanup_runs_every_cleanup_interval(tmp_path):
     # ``cleanup_interval`` seconds, not on every round.
     outbox = CountingClaims(tmp_path / "app.db")
     add_items(outbox, keys=1, per_key=3)
-    clock = Clock()
+    clock = OffsetClock()
     relay = OutboxRelay(
         outbox,
         RecordingTransport(),
@@ -619,7 +606,7 @@ async def test_postgres_a_failed_row_holds_back_its_key_and_the_rest_is_released
         for n in range(3):
             await outbox.add(conn, ItemAdded(key="a", n=n), key="a")
         await conn.commit()
-    clock = Clock()
+    clock = OffsetClock()
     transport = RecordingTransport(down=True)
     retry = RetryPolicy(max_attempts=None, initial_delay=10.0, jitter=False)
     relay = OutboxRelay(outbox, transport, clock=clock, retry=retry)

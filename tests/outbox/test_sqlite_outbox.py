@@ -10,12 +10,18 @@ import pytest
 from sagaflow import EventBus, MemoryTransport
 from sagaflow.choreography.outbox import OutboxRelay
 from sagaflow.choreography.outbox_sqlite import SQLiteOutbox
-from sagaflow.clock import SystemClock
 from sagaflow.errors import ConfigurationError, MessageTooLargeError, SchemaVersionError
 from sagaflow.retry import RetryPolicy
 from sagaflow.serialization import JsonSerializer
 
-from ._support import ItemAdded, RecordingTransport, assert_ordered, numbers_by_key, registry
+from ._support import (
+    ItemAdded,
+    OffsetClock,
+    RecordingTransport,
+    assert_ordered,
+    numbers_by_key,
+    registry,
+)
 
 
 @pytest.fixture
@@ -197,7 +203,7 @@ async def test_a_row_failing_too_often_is_parked(outbox):
     with conn:
         outbox.add(conn, ItemAdded(key="a", n=0), key="a")
     transport = RecordingTransport(fail_rate=1.0)
-    clock = _Clock()
+    clock = OffsetClock()
     relay = OutboxRelay(
         outbox, transport, clock=clock, retry=RetryPolicy(max_attempts=3, initial_delay=1.0)
     )
@@ -217,7 +223,7 @@ async def test_a_failed_row_holds_back_the_later_rows_of_its_key_only(outbox):
     conn = _app(outbox)
     _add_items(outbox, conn, keys=2, per_key=3)
     transport = RecordingTransport()
-    clock = _Clock()
+    clock = OffsetClock()
     relay = OutboxRelay(outbox, transport, clock=clock, retry=_SLOW_RETRY)
     original = transport.publish
 
@@ -246,7 +252,7 @@ async def test_an_unavailable_transport_keeps_rows_pending(outbox):
     conn = _app(outbox)
     _add_items(outbox, conn, keys=2, per_key=2)
     transport = RecordingTransport(down=True)
-    clock = _Clock()
+    clock = OffsetClock()
     relay = OutboxRelay(outbox, transport, clock=clock, retry=_SLOW_RETRY)
     await relay.drain()
     assert len(transport.calls) == 1  # no one-by-one retry against a broker that is down
@@ -259,7 +265,7 @@ async def test_an_unavailable_transport_keeps_rows_pending(outbox):
 async def test_a_dead_relays_rows_are_claimed_again_after_the_lease(outbox):
     conn = _app(outbox)
     _add_items(outbox, conn, keys=2, per_key=2)
-    clock = _Clock()
+    clock = OffsetClock()
     claimed = await outbox.claim(owner="dead", limit=10, lease=30, now=clock.now())
     assert len(claimed) == 4
     transport = RecordingTransport()
@@ -274,7 +280,7 @@ async def test_a_dead_relays_rows_are_claimed_again_after_the_lease(outbox):
 async def test_retention_deletes_sent_rows(outbox):
     conn = _app(outbox)
     _add_items(outbox, conn, keys=1, per_key=3)
-    clock = _Clock()
+    clock = OffsetClock()
     relay = OutboxRelay(outbox, RecordingTransport(), clock=clock, retention=100)
     await relay.drain()
     rows = conn.execute("SELECT count(*) FROM sagaflow_outbox").fetchone()[0]
@@ -338,19 +344,6 @@ def test_bad_options_are_refused(tmp_path):
 _SLOW_RETRY = RetryPolicy(max_attempts=None, initial_delay=10.0, jitter=False)
 
 
-class _Clock(SystemClock):
-    """Wall time plus a manual offset: leases and retry times can be skipped over."""
-
-    def __init__(self) -> None:
-        self.offset = 0.0
-
-    def now(self) -> float:
-        return super().now() + self.offset
-
-    def advance(self, seconds: float) -> None:
-        self.offset += seconds
-
-
 async def test_the_relay_stops_when_its_transport_is_closed(outbox, caplog):
     conn = _app(outbox)
     _add_items(outbox, conn, keys=1, per_key=2)
@@ -404,7 +397,7 @@ async def test_strict_order_off_still_holds_back_a_key_after_a_failure(outbox):
     conn = _app(outbox)
     _add_items(outbox, conn, keys=2, per_key=4)
     transport = RecordingTransport()
-    clock = _Clock()
+    clock = OffsetClock()
     original = transport.publish
 
     async def refuse_k0_2(messages):
