@@ -59,6 +59,26 @@ def service_url(name: str) -> str:
 
 
 @pytest.fixture
+def cli(capsys: pytest.CaptureFixture[str]) -> Callable[..., tuple[int, str, str]]:
+    """Run `sagaflow ARGV...` in process; return (exit code, stdout, stderr).
+
+    Whatever the input, the command must exit with a code and print no traceback.
+    """
+    from sagaflow.cli import main
+
+    def run(*argv: str) -> tuple[int, str, str]:
+        with pytest.raises(SystemExit) as exited:
+            main(list(argv))
+        out, err = capsys.readouterr()
+        assert "Traceback" not in out + err
+        code = exited.value.code
+        assert isinstance(code, int)
+        return code, out, err
+
+    return run
+
+
+@pytest.fixture
 def postgres_url() -> str:
     return service_url("postgres")
 

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from pydantic import BaseModel
 
 from sagaflow import Orchestrator, Saga, SagaStatus, Step, StepKind
-from sagaflow.cli import main
 from sagaflow.stores import open_store
 
 
@@ -28,17 +28,9 @@ async def _noop(ctx: object) -> None:
     return None
 
 
+Cli = Callable[..., tuple[int, str, str]]  # the `cli` fixture of tests/conftest.py
+
 SAGA = Saga("order", state=Order, steps=[Step("reserve", _noop, kind=StepKind.PIVOT)])
-
-
-def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as exited:
-        main(list(argv))
-    out, err = capsys.readouterr()
-    assert "Traceback" not in out + err
-    code = exited.value.code
-    assert isinstance(code, int)
-    return code, out, err
 
 
 @pytest.fixture
@@ -58,39 +50,39 @@ def three_sagas(tmp_path: Path) -> str:
     return url
 
 
-def test_no_command_prints_help_and_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, _ = run(capsys)
+def test_no_command_prints_help_and_exits_2(cli: Cli) -> None:
+    code, out, _ = cli()
     assert code == 2
     assert "usage: sagaflow" in out and "sagas" in out
 
 
-def test_sagas_without_an_action_names_what_is_missing(capsys: pytest.CaptureFixture[str]) -> None:
-    code, _, err = run(capsys, "sagas")
+def test_sagas_without_an_action_names_what_is_missing(cli: Cli) -> None:
+    code, _, err = cli("sagas")
     assert code == 2
     assert "usage: sagaflow sagas" in err
     assert "required: ACTION" in err
 
 
-def test_version(capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, _ = run(capsys, "--version")
+def test_version(cli: Cli) -> None:
+    code, out, _ = cli("--version")
     assert code == 0
     assert out.startswith("sagaflow ")
 
 
-def test_list_on_an_empty_store(capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, _ = run(capsys, "sagas", "list", "--store", "memory://")
+def test_list_on_an_empty_store(cli: Cli) -> None:
+    code, out, _ = cli("sagas", "list", "--store", "memory://")
     assert (code, out) == (0, "no sagas\n")
-    code, out, _ = run(capsys, "sagas", "list", "--store", "memory://", "--json")
+    code, out, _ = cli("sagas", "list", "--store", "memory://", "--json")
     assert (code, out) == (0, "")
 
 
-def test_list_limit_keeps_the_newest(capsys: pytest.CaptureFixture[str], three_sagas: str) -> None:
-    code, out, _ = run(capsys, "sagas", "list", "--store", three_sagas, "--limit", "2", "--json")
+def test_list_limit_keeps_the_newest(cli: Cli, three_sagas: str) -> None:
+    code, out, _ = cli("sagas", "list", "--store", three_sagas, "--limit", "2", "--json")
     assert code == 0
     rows = [json.loads(line) for line in out.splitlines()]
     assert [r["saga_id"] for r in rows] == ["s3", "s2"]
     assert {r["status"] for r in rows} == {"completed"}
-    code, out, _ = run(capsys, "sagas", "list", "--store", three_sagas, "--limit", "1")
+    code, out, _ = cli("sagas", "list", "--store", three_sagas, "--limit", "1")
     assert code == 0
     header, *lines = out.splitlines()
     assert header.startswith("SAGA ID")
@@ -105,48 +97,44 @@ def test_list_limit_keeps_the_newest(capsys: pytest.CaptureFixture[str], three_s
         ("ten", "argument --limit: not a whole number: 'ten'"),
     ],
 )
-def test_bad_limit_is_a_usage_error(
-    capsys: pytest.CaptureFixture[str], three_sagas: str, limit: str, message: str
-) -> None:
+def test_bad_limit_is_a_usage_error(cli: Cli, three_sagas: str, limit: str, message: str) -> None:
     # Before: 0 listed nothing, -1 listed all (SQLite), all but one (memory) or
     # failed as a "store error" with exit 3 (PostgreSQL).
-    code, out, err = run(capsys, "sagas", "list", "--store", three_sagas, "--limit", limit)
+    code, out, err = cli("sagas", "list", "--store", three_sagas, "--limit", limit)
     assert code == 2
     assert out == ""
     assert message in err
 
 
 def test_bad_status_and_missing_reason_are_usage_errors(
-    capsys: pytest.CaptureFixture[str],
+    cli: Cli,
 ) -> None:
-    code, _, err = run(capsys, "sagas", "list", "--store", "memory://", "--status", "lost")
+    code, _, err = cli("sagas", "list", "--store", "memory://", "--status", "lost")
     assert code == 2
     assert "argument --status: invalid choice: 'lost'" in err
-    code, _, err = run(capsys, "sagas", "skip", "s1", "--store", "memory://")
+    code, _, err = cli("sagas", "skip", "s1", "--store", "memory://")
     assert code == 2
     assert "required: --reason" in err
 
 
 @pytest.mark.parametrize("action", [["retry"], ["resume"], ["skip", "--reason", "by hand"]])
-def test_operating_a_missing_saga_is_refused(
-    capsys: pytest.CaptureFixture[str], three_sagas: str, action: list[str]
-) -> None:
+def test_operating_a_missing_saga_is_refused(cli: Cli, three_sagas: str, action: list[str]) -> None:
     name, *rest = action
-    code, out, err = run(capsys, "sagas", name, "nope", *rest, "--store", three_sagas)
+    code, out, err = cli("sagas", name, "nope", *rest, "--store", three_sagas)
     assert code == 1
     assert out == ""
     assert err == "sagaflow: no saga with id 'nope'\n"
 
 
 def test_store_url_from_the_environment(
-    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, three_sagas: str
+    cli: Cli, monkeypatch: pytest.MonkeyPatch, three_sagas: str
 ) -> None:
     monkeypatch.setenv("SAGAFLOW_STORE", three_sagas)
-    code, out, _ = run(capsys, "sagas", "show", "s2")
+    code, out, _ = cli("sagas", "show", "s2")
     assert code == 0
     assert "s2" in out and "COMPLETED" in out
     # --store wins over the environment.
-    code, out, _ = run(capsys, "sagas", "list", "--store", "memory://")
+    code, out, _ = cli("sagas", "list", "--store", "memory://")
     assert (code, out) == (0, "no sagas\n")
 
 
@@ -160,10 +148,8 @@ def test_store_url_from_the_environment(
         ("postgresql://u:secret@localhost:70000/db", "sagaflow: bad PostgreSQL URL"),
     ],
 )
-def test_bad_store_urls_are_usage_errors(
-    capsys: pytest.CaptureFixture[str], url: str, message: str
-) -> None:
-    code, out, err = run(capsys, "sagas", "list", "--store", url)
+def test_bad_store_urls_are_usage_errors(cli: Cli, url: str, message: str) -> None:
+    code, out, err = cli("sagas", "list", "--store", url)
     assert code == 2
     assert out == ""
     assert err.startswith(message)
@@ -171,21 +157,17 @@ def test_bad_store_urls_are_usage_errors(
     assert "secret" not in err
 
 
-def test_unopenable_sqlite_file_is_unavailable(
-    capsys: pytest.CaptureFixture[str], tmp_path: Path
-) -> None:
-    code, _, err = run(capsys, "sagas", "list", "--store", f"sqlite:///{tmp_path}/no/such/dir.db")
+def test_unopenable_sqlite_file_is_unavailable(cli: Cli, tmp_path: Path) -> None:
+    code, _, err = cli("sagas", "list", "--store", f"sqlite:///{tmp_path}/no/such/dir.db")
     assert code == 3
     assert err.startswith("sagaflow: store unavailable: ")
     assert len(err.splitlines()) == 1
 
 
-def test_a_file_that_is_not_a_database_is_a_store_error(
-    capsys: pytest.CaptureFixture[str], tmp_path: Path
-) -> None:
+def test_a_file_that_is_not_a_database_is_a_store_error(cli: Cli, tmp_path: Path) -> None:
     junk = tmp_path / "junk.db"
     junk.write_bytes(b"this is not a SQLite database, just sixteen+ bytes of text\n" * 20)
-    code, _, err = run(capsys, "sagas", "list", "--store", f"sqlite:///{junk}")
+    code, _, err = cli("sagas", "list", "--store", f"sqlite:///{junk}")
     assert code == 3
     assert err.startswith("sagaflow: store error: ")
     assert len(err.splitlines()) == 1
