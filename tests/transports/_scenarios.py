@@ -8,15 +8,40 @@ import contextlib
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Generic, TypeVar
 
 import pytest
 
 from sagaflow.errors import MessageTooLargeError, TransportClosedError
 from sagaflow.testing.transport_contract import TransportContract
-from sagaflow.transports.base import Delivery, Message
+from sagaflow.transports.base import Delivery, Message, Transport
 
 Factory = Callable[[], Awaitable[Any]]
+T = TypeVar("T", bound=Transport)
+
+
+class Transports(Generic[T]):
+    """A rule test's `make`: builds transports on the test's own names, closes them all.
+
+    ``Transports(new, url, **defaults)(url=None, **options)`` returns
+    ``new(url or the default url, **defaults, **options)``, an option given to
+    the call winning over its default; `made` lists what was built.
+    """
+
+    def __init__(self, new: Callable[..., T], url: str, **defaults: Any) -> None:
+        self._new = new
+        self._url = url
+        self._defaults = defaults
+        self.made: list[T] = []
+
+    def __call__(self, url: str | None = None, **options: Any) -> T:
+        t = self._new(url or self._url, **{**self._defaults, **options})
+        self.made.append(t)
+        return t
+
+    async def close(self) -> None:
+        for t in self.made:
+            await t.close()
 
 
 def name(prefix: str = "t") -> str:

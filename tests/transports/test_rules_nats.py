@@ -38,20 +38,16 @@ async def js(nats_url: str) -> AsyncIterator[Any]:
 @pytest.fixture
 async def make(nats_url: str, js: Any) -> AsyncIterator[Make]:
     tag = uuid.uuid4().hex[:8]
-    made: list[NatsJetStreamTransport] = []
-
-    def build(url: str = nats_url, **options: Any) -> NatsJetStreamTransport:
-        options.setdefault("block", 0.2)
-        options.setdefault("ack_wait", 30.0)
-        t = NatsJetStreamTransport(
-            url, stream_prefix=f"SFT{tag}_", subject_prefix=f"sft{tag}", **options
-        )
-        made.append(t)
-        return t
-
-    yield build
-    for t in made:
-        await t.close()
+    make = sc.Transports(
+        NatsJetStreamTransport,
+        nats_url,
+        stream_prefix=f"SFT{tag}_",
+        subject_prefix=f"sft{tag}",
+        block=0.2,
+        ack_wait=30.0,
+    )
+    yield make
+    await make.close()
     for info in await js.streams_info():
         if info.config.name.startswith(f"SFT{tag}_"):
             await js.delete_stream(info.config.name)

@@ -36,17 +36,9 @@ async def prefix(postgres_url: str) -> AsyncIterator[str]:
 
 @pytest.fixture
 async def make(postgres_url: str, prefix: str) -> AsyncIterator[Make]:
-    made: list[PostgresTransport] = []
-
-    def build(url: str = postgres_url, **options: Any) -> PostgresTransport:
-        options.setdefault("poll_interval", 0.2)
-        t = PostgresTransport(url, prefix=prefix, **options)
-        made.append(t)
-        return t
-
-    yield build
-    for t in made:
-        await t.close()
+    make = sc.Transports(PostgresTransport, postgres_url, prefix=prefix, poll_interval=0.2)
+    yield make
+    await make.close()
 
 
 @pytest.fixture

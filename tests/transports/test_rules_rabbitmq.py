@@ -40,18 +40,10 @@ async def prefix(rabbitmq_url: str) -> AsyncIterator[str]:
 
 @pytest.fixture
 async def make(rabbitmq_url: str, prefix: str) -> AsyncIterator[Make]:
-    made: list[RabbitMQTransport] = []
-
-    def build(url: str = rabbitmq_url, **options: Any) -> RabbitMQTransport:
-        options.setdefault("block", 0.1)
-        t = RabbitMQTransport(url, prefix=prefix, **options)
-        made.append(t)
-        return t
-
-    yield build
-    for t in made:
-        await t.close()
-    await delete_queues(rabbitmq_url, {q for t in made for q in t._declared})
+    make = sc.Transports(RabbitMQTransport, rabbitmq_url, prefix=prefix, block=0.1)
+    yield make
+    await make.close()
+    await delete_queues(rabbitmq_url, {q for t in make.made for q in t._declared})
 
 
 @pytest.fixture

@@ -36,17 +36,9 @@ async def raw(redis_url: str) -> AsyncIterator[Any]:
 async def make(redis_url: str, raw: Any) -> AsyncIterator[Make]:
     """Build transports on a key prefix of this test's own; close them, delete the keys."""
     prefix = f"sftest-{uuid.uuid4().hex[:8]}:"
-    made: list[RedisStreamsTransport] = []
-
-    def build(**options: Any) -> RedisStreamsTransport:
-        options.setdefault("block", 0.05)
-        t = RedisStreamsTransport(redis_url, prefix=prefix, **options)
-        made.append(t)
-        return t
-
-    yield build
-    for t in made:
-        await t.close()
+    make = sc.Transports(RedisStreamsTransport, redis_url, prefix=prefix, block=0.05)
+    yield make
+    await make.close()
     keys = [k async for k in raw.scan_iter(match=f"{prefix}*")]
     if keys:
         await raw.delete(*keys)
