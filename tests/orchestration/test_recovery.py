@@ -217,6 +217,34 @@ async def test_operator_resume_after_the_pivot_goes_forward():
     assert result.compensated_steps() == []
 
 
+async def test_operator_resume_gets_the_whole_deadline_again():
+    # A saga parked past its pivot is resumed long after its deadline: the
+    # operator's resume starts the deadline again (a recovery after a crash does
+    # not: it has what is left since the start or the latest resume).
+    clock = FakeClock()
+    ledger = Ledger()
+    ledger.broken.add("notify")
+    saga = Saga(
+        "order",
+        state=Order,
+        deadline=100,
+        retry=NO_WAIT,
+        steps=[
+            Step("ship", ledger.action("ship"), kind=StepKind.PIVOT),
+            Step("notify", ledger.action("notify"), kind=StepKind.RETRIABLE, retry=NO_WAIT),
+        ],
+    )
+    orchestrator = Orchestrator(sagas=[saga], clock=clock)
+    parked = await orchestrator.run(saga, Order(), saga_id="s1")
+    assert parked.status is SagaStatus.FAILED
+    await clock.advance(500)  # days later, say
+    ledger.broken.clear()
+    before = len(ledger.calls)
+    result = await orchestrator.resume(saga, "s1")
+    assert result.status is SagaStatus.COMPLETED
+    assert ledger.calls[before:] == ["notify"]
+
+
 async def test_resume_refuses_a_saga_that_is_not_parked():
     saga = saga_for(Ledger())
     orchestrator = Orchestrator()

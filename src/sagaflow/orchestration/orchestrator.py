@@ -347,8 +347,8 @@ class Orchestrator:
         hooks = self.hooks
         if hooks.saga_started:
             fire(hooks.saga_started, execution.saga_id, saga.name)
-        # The deadline counts from the saga's start record (see forward()), so the
-        # time this saga spent without a worker counts too.
+        # The deadline counts from the saga's start or latest resume (see
+        # forward()), so the time this saga spent without a worker counts too.
         return await execution.run(saga.deadline, backward=backward)
 
     async def close(self) -> None:
@@ -946,13 +946,19 @@ class _Execution(Generic[S]):
     async def forward(self, deadline: float | None) -> tuple[BaseException, str | None] | None:
         """Run the remaining stages; return (error, failed step) or None if all completed.
 
-        ``deadline`` counts from the saga's start record: a saga recovered after
-        its worker stopped has only what is left of it, and none at all turns
-        back at once, without running anything more.
+        ``deadline`` counts from the saga's start record, or from an operator's
+        latest resume: a saga recovered after its worker stopped has only what
+        is left of it, and none at all turns back at once, without running
+        anything more; a parked saga an operator resumes gets the whole
+        deadline again.
         """
         if deadline is None:
             return await self._stages()
-        left = deadline - (self.orch.clock.now() - self.log[0].at)
+        origin = next(
+            (r.at for r in reversed(self.log) if r.kind is RecordKind.SAGA_RESUMED),
+            self.log[0].at,
+        )
+        left = deadline - (self.orch.clock.now() - origin)
         try:
             if left <= 0:
                 raise TimeoutError
