@@ -167,7 +167,10 @@ class HmacSigner:
         secret = self._keys.get(key_id)
         if secret is None:
             raise SignatureError(f"message is signed with unknown key id {key_id[:64]!r}")
-        if not hmac.compare_digest(_digest(secret, headers, body), signature):
+        # Compared as bytes: hostile header text (non-ASCII, lone surrogates) is a
+        # mismatch, not a TypeError from compare_digest.
+        expected = _digest(secret, headers, body).encode()
+        if not hmac.compare_digest(expected, signature.encode("utf-8", "surrogatepass")):
             raise SignatureError("message signature does not match")
 
 
@@ -180,7 +183,7 @@ def _digest(secret: bytes, headers: Mapping[str, str], body: bytes) -> str:
         if value is None:
             mac.update(b"\x00")
         else:
-            raw = value.encode()
+            raw = value.encode("utf-8", "surrogatepass")  # header text may hold any code point
             mac.update(b"\x01" + len(raw).to_bytes(8, "big") + raw)
     mac.update(len(body).to_bytes(8, "big") + body)
     return mac.hexdigest()
