@@ -322,6 +322,32 @@ def test_invalid_json_and_invalid_utf8_are_serialization_errors() -> None:
         assert "secret" not in str(info.value)
 
 
+def test_schema_errors_never_echo_payload_keys() -> None:
+    ser = JsonSerializer(REGISTRY)
+    with pytest.raises(SchemaError) as extra:
+        ser.decode(
+            Message(
+                id="1",
+                topic="t",
+                body=b'{"text": "a", "alice@example.com": 1}',
+                headers=header("rules.note.v1"),
+            )
+        )
+    assert "alice@example.com" not in str(extra.value)
+    assert "Extra inputs are not permitted" in str(extra.value)
+    with pytest.raises(SchemaError) as key:
+        ser.decode(
+            Message(
+                id="1",
+                topic="t",
+                body=b'{"counts": {"bob@example.com": "many"}}',
+                headers=header("rules.counts.v1"),
+            )
+        )
+    assert "bob@example.com" not in str(key.value)
+    assert "counts." in str(key.value)
+
+
 # --- envelope rules -------------------------------------------------------------
 
 

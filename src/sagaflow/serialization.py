@@ -368,19 +368,49 @@ class JsonSerializer:
         try:
             event = cls.model_validate_json(body)
         except ValidationError as exc:
-            raise _schema_error(type_name, exc) from None
+            raise _schema_error(type_name, cls, exc) from None
         return Envelope.from_headers(event, headers)
 
 
-def _schema_error(type_name: str, exc: ValidationError) -> SerializationError:
-    # Never echo the input: it may hold personal data or secrets.
+def _schema_error(type_name: str, cls: type[BaseModel], exc: ValidationError) -> SerializationError:
+    # Never echo the input: it may hold personal data or secrets. That includes
+    # object keys (a dict field's keys, an unexpected field's name): a location
+    # part is shown only when it is a list index or a declared field name.
     errors = exc.errors(include_url=False, include_input=False, include_context=False)
     if any(err["type"] == "json_invalid" for err in errors):
         return SerializationError(f"body of {type_name!r} is not valid JSON")
+    names = _declared_names(cls)
     shown = "; ".join(
-        f"{'.'.join(str(part) for part in err['loc']) or '<root>'}: {err['msg']}"
+        f"{'.'.join(_loc_part(part, names) for part in err['loc']) or '<root>'}: {err['msg']}"
         for err in errors[:_MAX_ERRORS_SHOWN]
     )
     more = len(errors) - _MAX_ERRORS_SHOWN
     suffix = f" (and {more} more)" if more > 0 else ""
     return SchemaError(f"body does not match {type_name!r}: {shown}{suffix}")
+
+
+def _loc_part(part: str | int, names: frozenset[str]) -> str:
+    return str(part) if isinstance(part, int) or part in names else "*"
+
+
+def _declared_names(cls: type[BaseModel]) -> frozenset[str]:
+    """Field names and aliases of ``cls`` and of every model its fields refer to."""
+    names: set[str] = set()
+    seen: set[type[BaseModel]] = set()
+    pending: list[Any] = [cls]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, type) and issubclass(item, BaseModel):
+            if item in seen:
+                continue
+            seen.add(item)
+            for name, info in item.model_fields.items():
+                names.add(name)
+                if isinstance(info.alias, str):
+                    names.add(info.alias)
+                if isinstance(info.validation_alias, str):
+                    names.add(info.validation_alias)
+                pending.append(info.annotation)
+        else:
+            pending.extend(typing.get_args(item))
+    return frozenset(names)
