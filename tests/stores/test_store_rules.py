@@ -209,6 +209,37 @@ async def test_sqlite_file_corrupted_while_open_is_a_store_error(
     await store.close()
 
 
+@pytest.mark.parametrize("inline", [False, True])
+async def test_sqlite_value_the_driver_cannot_store_is_a_store_error(
+    tmp_path: Path, inline: bool
+) -> None:
+    """An attempt number beyond SQLite's 64-bit INTEGER: StoreError, nothing written.
+
+    PostgreSQL refuses it with StoreError too (``integer out of range``); the
+    sqlite3 driver raises OverflowError while binding, which must not escape.
+    """
+    store = SQLiteSagaStore(tmp_path / "s.db", inline=inline)
+    await store.create("s1", _first(), owner="w", lease=10)
+    await store.create("s2", _first(), owner="w", lease=10)
+    await store.load("s1")  # same task from here on: inline if enabled
+    huge = [_completed(), _completed("ship", 2**64)]  # the first record would fit
+    with pytest.raises(StoreError) as caught:
+        await store.append("s1", huge, expected_version=2, fencing_token=1)
+    assert isinstance(caught.value.__cause__, OverflowError)
+    assert (await store.load("s1")).version == 2
+    # Batched with a good write: only the bad call fails.
+    bad, good = await asyncio.gather(
+        store.append("s1", huge, expected_version=2, fencing_token=1),
+        store.append("s2", [_completed()], expected_version=2, fencing_token=1),
+        return_exceptions=True,
+    )
+    assert isinstance(bad, StoreError)
+    assert good == 3
+    assert (await store.load("s1")).version == 2
+    assert await store.append("s1", [_completed()], expected_version=2, fencing_token=1) == 3
+    await store.close()
+
+
 # -- every store: record data given as any Mapping --------------------------------------
 
 

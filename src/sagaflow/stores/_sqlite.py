@@ -378,7 +378,8 @@ _UNAVAILABLE_HINTS = ("locked", "busy", "unable to open", "disk i/o", "readonly"
 
 def map_error(exc: BaseException) -> BaseException:
     """Translate a driver error into a sagaflow `StoreError` (others pass through)."""
-    if isinstance(exc, StoreError) or not isinstance(exc, sqlite3.Error):
+    # sqlite3 raises OverflowError, not an sqlite3.Error, binding an int beyond 64 bits.
+    if isinstance(exc, StoreError) or not isinstance(exc, sqlite3.Error | OverflowError):
         return exc
     message = str(exc)
     if isinstance(exc, sqlite3.OperationalError) and any(
