@@ -260,6 +260,12 @@ def test_size_limit_at_the_boundary() -> None:
         JsonSerializer(REGISTRY, max_size=-5)
 
 
+@pytest.mark.parametrize("bad", [True, 1.5, "1024", None])
+def test_max_size_must_be_a_whole_number_of_bytes(bad: Any) -> None:
+    with pytest.raises(ConfigurationError, match="max_size must be an int >= 1"):
+        JsonSerializer(REGISTRY, max_size=bad)
+
+
 def test_size_checked_before_signature() -> None:
     ser = JsonSerializer(REGISTRY, max_size=8, signer=HmacSigner({"k1": KEY}))
     big = Message(id="1", topic="t", body=b"x" * 9, headers={"ce-type": "rules.note.v1"})
@@ -293,6 +299,16 @@ def test_a_retired_version_is_an_unknown_type() -> None:
     with pytest.raises(UnknownEventTypeError, match=r"rules\.note\.v1") as info:
         JsonSerializer(only_v2).decode(wire(msg))
     assert isinstance(info.value, SerializationError)
+
+
+def test_an_unknown_type_name_off_the_wire_is_cut_short_in_the_error() -> None:
+    name = "x" * 5_000
+    msg = Message(id="1", topic="t", body=b"{}", headers={"ce-id": "1", "ce-type": name})
+    with pytest.raises(UnknownEventTypeError) as info:
+        JsonSerializer(REGISTRY).decode(msg)
+    assert info.value.type_name == name  # the attribute keeps all of it
+    assert len(str(info.value)) < 300
+    assert "(5000 chars)" in str(info.value)
 
 
 # --- schema errors --------------------------------------------------------------

@@ -163,7 +163,11 @@ class UnknownEventTypeError(SerializationError):
 
     def __init__(self, type_name: str) -> None:
         self.type_name = type_name
-        super().__init__(f"no event class is registered for type {type_name!r}")
+        # The name comes off the wire: a hostile one must not bloat logs and letters.
+        shown = (
+            type_name if len(type_name) <= 200 else f"{type_name[:200]}... ({len(type_name)} chars)"
+        )
+        super().__init__(f"no event class is registered for type {shown!r}")
 
 
 class SchemaError(SerializationError):

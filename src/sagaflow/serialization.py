@@ -313,8 +313,8 @@ class JsonSerializer:
         max_size: int = DEFAULT_MAX_SIZE,
         signer: HmacSigner | None = None,
     ) -> None:
-        if max_size < 1:
-            raise ConfigurationError(f"max_size must be >= 1, got {max_size}")
+        if type(max_size) is not int or max_size < 1:
+            raise ConfigurationError(f"max_size must be an int >= 1, got {max_size!r}")
         self.registry = registry if registry is not None else default_registry
         self.max_size = max_size
         self.signer = signer
