@@ -12,7 +12,10 @@ import re
 import subprocess
 import sys
 
-TEST_QUEUE = re.compile(r"^sagaflow(\.dlq)?:(contract-|topic-|crash-|restart-|bench|t[0-9a-f]{8})")
+TEST_QUEUE = re.compile(
+    r"^sagaflow(\.dlq)?:(contract-|topic-|crash-|restart-|bench|t[0-9a-f]{8}|demo[0-9a-f]{10}\.)"
+    r"|^(sftest-|crashpts_)[0-9a-f]{8}(\.dlq)?:"
+)
 
 
 def leftover_queues() -> list[str]:
