@@ -24,13 +24,7 @@ from sagaflow.stores import PostgresSagaStore
 from sagaflow.stores.postgres import SCHEMA_VERSION, _map_error
 
 from ._pg import drop_schema
-
-
-def _first() -> list[SagaRecord]:
-    return [
-        SagaRecord(RecordKind.SAGA_STARTED, data={"saga": "order", "version": 1}),
-        SagaRecord(RecordKind.STEP_STARTED, "reserve", 1),
-    ]
+from ._support import first_records
 
 
 @pytest_asyncio.fixture
@@ -48,7 +42,7 @@ async def _sql(url: str, query: sql.Composable) -> list[tuple[object, ...]]:
 
 async def test_schema_is_created_with_its_version(postgres_url: str, schema: str) -> None:
     store = PostgresSagaStore(postgres_url, schema=schema)
-    await store.create("s1", _first(), owner="w", lease=10)
+    await store.create("s1", first_records(), owner="w", lease=10)
     await store.close()
     rows = await _sql(
         postgres_url,
@@ -67,7 +61,7 @@ async def test_concurrent_first_users_do_not_race(postgres_url: str, schema: str
             await store.load("nothing")
 
     await asyncio.gather(*(first_use(s) for s in stores))
-    await stores[0].create("s1", _first(), owner="w", lease=10)
+    await stores[0].create("s1", first_records(), owner="w", lease=10)
     assert (await stores[4].load("s1")).version == 2
     await asyncio.gather(*(s.close() for s in stores))
 
@@ -92,7 +86,7 @@ async def test_newer_schema_is_refused(postgres_url: str, schema: str) -> None:
 async def test_given_pool_is_used_and_left_open(postgres_url: str, schema: str) -> None:
     async with AsyncConnectionPool(postgres_url, min_size=1, max_size=2, open=False) as pool:
         store = PostgresSagaStore(pool, schema=schema)
-        await store.create("s1", _first(), owner="w", lease=10)  # pool not autocommit
+        await store.create("s1", first_records(), owner="w", lease=10)  # pool not autocommit
         assert (await store.load("s1")).version == 2
         await store.close()
         assert not pool.closed
@@ -131,7 +125,7 @@ async def test_lost_connections_are_unavailable_then_recover(
     )
     await pool.open()
     store = PostgresSagaStore(pool, schema=schema)
-    await store.create("s1", _first(), owner="w", lease=10)
+    await store.create("s1", first_records(), owner="w", lease=10)
     assert (await store.load("s1")).version == 2
     await _sql(
         postgres_url,
@@ -140,10 +134,10 @@ async def test_lost_connections_are_unavailable_then_recover(
         ).format(sql.Literal(app)),
     )
     with pytest.raises(StoreUnavailableError) as caught:
-        await store.create("s2", _first(), owner="w", lease=10)
+        await store.create("s2", first_records(), owner="w", lease=10)
     assert isinstance(caught.value.__cause__, psycopg.OperationalError)
     # One failure is enough: the store has the pool weed out its other dead connections.
-    await store.create("s2", _first(), owner="w", lease=10)
+    await store.create("s2", first_records(), owner="w", lease=10)
     assert (await store.load("s1")).version == 2
     await store.close()
     await pool.close()
@@ -151,7 +145,7 @@ async def test_lost_connections_are_unavailable_then_recover(
 
 async def test_dropped_tables_are_a_store_error(postgres_url: str, schema: str) -> None:
     store = PostgresSagaStore(postgres_url, schema=schema)
-    await store.create("s1", _first(), owner="w", lease=10)
+    await store.create("s1", first_records(), owner="w", lease=10)
     await _sql(postgres_url, sql.SQL("DROP TABLE {}.records").format(sql.Identifier(schema)))
     with pytest.raises(StoreError) as caught:
         await store.load("s1")
@@ -177,7 +171,7 @@ async def test_deadlocked_batch_is_redone_write_by_write(
     postgres_url: str, schema: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     store = PostgresSagaStore(postgres_url, schema=schema)
-    claims = [await store.create(f"s{i}", _first(), owner="w", lease=10) for i in range(6)]
+    claims = [await store.create(f"s{i}", first_records(), owner="w", lease=10) for i in range(6)]
     real = store._run_appends
     sizes: list[int] = []
 
@@ -205,7 +199,7 @@ async def test_two_workers_share_sagas_without_overlap(postgres_url: str, schema
     a = PostgresSagaStore(postgres_url, schema=schema, pool_size=4)
     b = PostgresSagaStore(postgres_url, schema=schema, pool_size=4)
     for i in range(30):
-        await a.create(f"s{i:02d}", _first(), owner="crashed", lease=0)
+        await a.create(f"s{i:02d}", first_records(), owner="crashed", lease=0)
     taken = await asyncio.gather(
         *(
             store.claim(owner=name, lease=60, limit=4)

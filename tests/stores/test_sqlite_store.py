@@ -26,12 +26,7 @@ from sagaflow.stores import SQLiteSagaStore
 from sagaflow.stores._sqlite import map_error as _map_error
 from sagaflow.stores.sqlite import SCHEMA_VERSION
 
-
-def _first() -> list[SagaRecord]:
-    return [
-        SagaRecord(RecordKind.SAGA_STARTED, data={"saga": "order", "version": 1}),
-        SagaRecord(RecordKind.STEP_STARTED, "reserve", 1),
-    ]
+from ._support import first_records
 
 
 def _completed(step: str = "reserve") -> SagaRecord:
@@ -41,7 +36,7 @@ def _completed(step: str = "reserve") -> SagaRecord:
 async def test_wal_mode_and_schema_version_are_set(tmp_path: Path) -> None:
     path = tmp_path / "s.db"
     store = SQLiteSagaStore(path)
-    await store.create("s1", _first(), owner="w", lease=10)
+    await store.create("s1", first_records(), owner="w", lease=10)
     await store.close()
     with sqlite3.connect(path) as raw:
         assert raw.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
@@ -54,7 +49,7 @@ async def test_wal_mode_and_schema_version_are_set(tmp_path: Path) -> None:
 async def test_log_survives_reopening(tmp_path: Path) -> None:
     path = tmp_path / "s.db"
     store = SQLiteSagaStore(path)
-    claim = await store.create("s1", _first(), owner="w", lease=10)
+    claim = await store.create("s1", first_records(), owner="w", lease=10)
     await store.append("s1", [_completed()], expected_version=2, fencing_token=1)
     await store.close()
     again = SQLiteSagaStore(path, synchronous="NORMAL")
@@ -80,7 +75,7 @@ async def test_newer_schema_is_refused(tmp_path: Path) -> None:
 async def test_table_prefixes_keep_stores_apart(tmp_path: Path) -> None:
     a = SQLiteSagaStore(tmp_path / "s.db", table_prefix="a_")
     b = SQLiteSagaStore(tmp_path / "s.db", table_prefix="b_")
-    await a.create("s1", _first(), owner="w", lease=10)
+    await a.create("s1", first_records(), owner="w", lease=10)
     assert await b.list_sagas() == []
     await a.close()
     await b.close()
@@ -97,7 +92,7 @@ async def test_two_stores_on_one_file_share_leases_and_fencing(tmp_path: Path) -
     # Two store objects stand for two processes sharing one database file.
     store_a = SQLiteSagaStore(tmp_path / "s.db")
     store_b = SQLiteSagaStore(tmp_path / "s.db")
-    await store_a.create("s1", _first(), owner="a", lease=0)
+    await store_a.create("s1", first_records(), owner="a", lease=0)
     (claim,) = await store_b.claim(owner="b", lease=60, limit=5)
     with pytest.raises(FencedError):
         await store_a.append("s1", [_completed()], expected_version=2, fencing_token=1)
@@ -114,7 +109,7 @@ async def test_two_stores_on_one_file_share_leases_and_fencing(tmp_path: Path) -
 
 async def test_in_memory_database_works(tmp_path: Path) -> None:
     store = SQLiteSagaStore(":memory:")
-    await store.create("s1", _first(), owner="w", lease=10)
+    await store.create("s1", first_records(), owner="w", lease=10)
     assert (await store.load("s1")).version == 2
     await store.close()
 
@@ -146,7 +141,7 @@ async def test_file_that_is_not_a_database_is_a_store_error(tmp_path: Path) -> N
 async def test_locked_database_is_unavailable_then_recovers(tmp_path: Path, inline: bool) -> None:
     path = tmp_path / "s.db"
     store = SQLiteSagaStore(path, busy_timeout=0.05, inline=inline)
-    await store.create("s1", _first(), owner="w", lease=10)
+    await store.create("s1", first_records(), owner="w", lease=10)
     blocker = sqlite3.connect(path, isolation_level=None)
     blocker.execute("BEGIN EXCLUSIVE")
     try:
@@ -173,13 +168,13 @@ def test_driver_errors_map_to_store_errors() -> None:
 
 async def test_cancelled_caller_does_not_break_the_store(tmp_path: Path) -> None:
     store = SQLiteSagaStore(tmp_path / "s.db")
-    task = asyncio.ensure_future(store.create("s1", _first(), owner="w", lease=10))
+    task = asyncio.ensure_future(store.create("s1", first_records(), owner="w", lease=10))
     await asyncio.sleep(0)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
     # The write may or may not have happened; the store keeps working either way.
-    await store.create("s2", _first(), owner="w", lease=10)
+    await store.create("s2", first_records(), owner="w", lease=10)
     assert {s.saga_id for s in await store.list_sagas()} >= {"s2"}
     await store.close()
 
@@ -325,7 +320,7 @@ async def test_inline_call_never_waits_for_another_process_lock_on_the_loop(
 ) -> None:
     path = tmp_path / "s.db"
     store = SQLiteSagaStore(path, inline=True)
-    await store.create("s1", _first(), owner="w", lease=10)
+    await store.create("s1", first_records(), owner="w", lease=10)
     blocker = sqlite3.connect(path, isolation_level=None)
     blocker.execute("BEGIN IMMEDIATE")  # another process is writing
 
@@ -351,13 +346,13 @@ async def test_inline_call_never_waits_for_another_process_lock_on_the_loop(
 
 async def test_inline_store_in_memory_and_reopened(tmp_path: Path) -> None:
     memory = SQLiteSagaStore(":memory:", inline=True)
-    await memory.create("s1", _first(), owner="w", lease=10)
+    await memory.create("s1", first_records(), owner="w", lease=10)
     assert await memory.append("s1", [_completed()], expected_version=2, fencing_token=1) == 3
     assert (await memory.load("s1")).version == 3
     await memory.close()
     path = tmp_path / "s.db"
     store = SQLiteSagaStore(path, inline=True)
-    await store.create("s1", _first(), owner="w", lease=10)
+    await store.create("s1", first_records(), owner="w", lease=10)
     await store.append("s1", [_completed()], expected_version=2, fencing_token=1)
     await store.close()
     again = SQLiteSagaStore(path)

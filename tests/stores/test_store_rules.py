@@ -32,13 +32,7 @@ from sagaflow.orchestration.records import Claim, RecordKind, SagaRecord
 from sagaflow.stores import MemorySagaStore, SQLiteSagaStore
 
 from ._pg import drop_schema
-
-
-def _first() -> list[SagaRecord]:
-    return [
-        SagaRecord(RecordKind.SAGA_STARTED, data={"saga": "order", "version": 1}),
-        SagaRecord(RecordKind.STEP_STARTED, "reserve", 1),
-    ]
+from ._support import first_records
 
 
 def _completed(step: str = "reserve", attempt: int = 1) -> SagaRecord:
@@ -73,7 +67,7 @@ async def test_sqlite_first_call_on_a_locked_file_is_unavailable_then_recovers(
     # The same task again: the connection is still not open, so (inline or not)
     # the call goes to the thread, which opens it and creates the schema.
     assert await store.list_sagas() == []
-    await store.create("s1", _first(), owner="w", lease=10)
+    await store.create("s1", first_records(), owner="w", lease=10)
     assert (await store.load("s1")).version == 2
     await store.close()
 
@@ -85,7 +79,7 @@ async def test_sqlite_write_waits_for_another_connection_within_busy_timeout(
     """A lock released before busy_timeout costs a wait, not an error."""
     path = tmp_path / "s.db"
     store = SQLiteSagaStore(path, busy_timeout=30.0, inline=inline)
-    await store.create("s1", _first(), owner="w", lease=10)
+    await store.create("s1", first_records(), owner="w", lease=10)
     await store.load("s1")  # the next call comes from the same task: inline if enabled
     blocker = sqlite3.connect(path, isolation_level=None)
     blocker.execute("BEGIN IMMEDIATE")
@@ -137,12 +131,12 @@ async def test_sqlite_call_failing_inside_its_transaction_writes_nothing(
     """
     path = tmp_path / "s.db"
     store = SQLiteSagaStore(path, inline=inline)
-    await store.create("s1", _first(), owner="w", lease=10)
+    await store.create("s1", first_records(), owner="w", lease=10)
     await store.load("s1")  # same task from here on: inline if enabled
     ddl = _drop_records_table(path)
     for _ in range(2):  # the store stays usable after the failure
         with pytest.raises(StoreError) as caught:
-            await store.create("s2", _first(), owner="w", lease=10)
+            await store.create("s2", first_records(), owner="w", lease=10)
         _not_a_driver_error(caught.value)
         assert not isinstance(caught.value, StoreUnavailableError)
         assert isinstance(caught.value.__cause__, sqlite3.OperationalError)
@@ -151,7 +145,7 @@ async def test_sqlite_call_failing_inside_its_transaction_writes_nothing(
     with pytest.raises(SagaNotFoundError):
         await store.load("s2")  # the saga row of the failed create was rolled back
     assert [s.saga_id for s in await store.list_sagas()] == ["s1"]
-    assert (await store.create("s2", _first(), owner="w", lease=10)).fencing_token == 1
+    assert (await store.create("s2", first_records(), owner="w", lease=10)).fencing_token == 1
     assert (await store.load("s2")).version == 2
     await store.close()
 
@@ -162,10 +156,10 @@ async def test_sqlite_failure_in_a_batch_fails_the_batch_and_writes_nothing(
     """Calls committed together share a transaction: an I/O-class failure dooms them all."""
     path = tmp_path / "s.db"
     store = SQLiteSagaStore(path)
-    await store.create("s1", _first(), owner="w", lease=10)
+    await store.create("s1", first_records(), owner="w", lease=10)
     ddl = _drop_records_table(path)
     results = await asyncio.gather(
-        *(store.create(f"n{i}", _first(), owner="w", lease=10) for i in range(20)),
+        *(store.create(f"n{i}", first_records(), owner="w", lease=10) for i in range(20)),
         return_exceptions=True,
     )
     for result in results:
@@ -174,7 +168,7 @@ async def test_sqlite_failure_in_a_batch_fails_the_batch_and_writes_nothing(
     _restore(path, ddl)
     assert [s.saga_id for s in await store.list_sagas()] == ["s1"]
     claims = await asyncio.gather(
-        *(store.create(f"n{i}", _first(), owner="w", lease=10) for i in range(20))
+        *(store.create(f"n{i}", first_records(), owner="w", lease=10) for i in range(20))
     )
     assert [c.fencing_token for c in claims] == [1] * 20
     await store.close()
@@ -187,7 +181,7 @@ async def test_sqlite_file_corrupted_while_open_is_a_store_error(
     """A corrupt file is StoreError (not retryable, not the raw driver error), every call."""
     path = tmp_path / "s.db"
     store = SQLiteSagaStore(path, inline=inline)
-    await store.create("s1", _first(), owner="w", lease=10)
+    await store.create("s1", first_records(), owner="w", lease=10)
     await store.load("s1")  # same task from here on: inline if enabled
     conn = sqlite3.connect(path, isolation_level=None)
     conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # every page in the main file
@@ -199,7 +193,7 @@ async def test_sqlite_file_corrupted_while_open_is_a_store_error(
     for _ in range(2):
         for call in (
             lambda: store.load("s1"),
-            lambda: store.create("s2", _first(), owner="w", lease=10),
+            lambda: store.create("s2", first_records(), owner="w", lease=10),
         ):
             with pytest.raises(StoreError) as caught:
                 await call()
@@ -219,8 +213,8 @@ async def test_sqlite_value_the_driver_cannot_store_is_a_store_error(
     sqlite3 driver raises OverflowError while binding, which must not escape.
     """
     store = SQLiteSagaStore(tmp_path / "s.db", inline=inline)
-    await store.create("s1", _first(), owner="w", lease=10)
-    await store.create("s2", _first(), owner="w", lease=10)
+    await store.create("s1", first_records(), owner="w", lease=10)
+    await store.create("s2", first_records(), owner="w", lease=10)
     await store.load("s1")  # same task from here on: inline if enabled
     huge = [_completed(), _completed("ship", 2**64)]  # the first record would fit
     with pytest.raises(StoreError) as caught:
@@ -263,7 +257,7 @@ async def test_record_data_of_any_mapping_comes_back_as_a_plain_dict(
     tmp_path: Path, kind: str, data: Mapping[str, Any]
 ) -> None:
     store: Any = MemorySagaStore() if kind == "memory" else SQLiteSagaStore(tmp_path / "s.db")
-    await store.create("s1", _first(), owner="w", lease=10)
+    await store.create("s1", first_records(), owner="w", lease=10)
     record = SagaRecord(RecordKind.STEP_COMPLETED, "reserve", 1, data=data)
     await store.append("s1", [record], expected_version=2, fencing_token=1)
     stored = (await store.load("s1")).records[-1].data
@@ -278,7 +272,7 @@ async def test_record_data_of_any_mapping_comes_back_as_a_plain_dict(
 def _calls(store: Any) -> dict[str, Callable[[], Awaitable[Any]]]:
     claim = Claim("s1", 1, 0.0)
     return {
-        "create": lambda: store.create("s2", _first(), owner="w", lease=10),
+        "create": lambda: store.create("s2", first_records(), owner="w", lease=10),
         "append": lambda: store.append("s1", [_completed()], expected_version=2, fencing_token=1),
         "load": lambda: store.load("s1"),
         "list_sagas": lambda: store.list_sagas(),
@@ -291,7 +285,7 @@ def _calls(store: Any) -> dict[str, Callable[[], Awaitable[Any]]]:
 
 
 async def _assert_closed_refuses_everything(store: Any) -> None:
-    await store.create("s1", _first(), owner="w", lease=10)
+    await store.create("s1", first_records(), owner="w", lease=10)
     await store.close()
     await store.close()  # idempotent
     for call in _calls(store).values():
@@ -347,7 +341,7 @@ async def test_postgres_newer_schema_refuses_writes_and_writes_nothing(
     from sagaflow.stores.postgres import SCHEMA_VERSION
 
     first = PostgresSagaStore(postgres_url, schema=schema)
-    await first.create("s1", _first(), owner="w", lease=10)
+    await first.create("s1", first_records(), owner="w", lease=10)
     await first.close()
     async with await psycopg.AsyncConnection.connect(postgres_url, autocommit=True) as conn:
         await conn.execute(
@@ -358,8 +352,8 @@ async def test_postgres_newer_schema_refuses_writes_and_writes_nothing(
         )
     store = PostgresSagaStore(postgres_url, schema=schema)
     results = await asyncio.gather(  # creates and appends, batched together
-        store.create("s2", _first(), owner="w", lease=10),
-        store.create("s3", _first(), owner="w", lease=10),
+        store.create("s2", first_records(), owner="w", lease=10),
+        store.create("s3", first_records(), owner="w", lease=10),
         store.append("s1", [_completed()], expected_version=2, fencing_token=1),
         return_exceptions=True,
     )
@@ -392,14 +386,14 @@ async def test_postgres_pool_closed_by_its_owner_is_a_store_error(
     )
     await pool.open(wait=True)
     used = PostgresSagaStore(pool, schema=schema)
-    await used.create("s1", _first(), owner="w", lease=10)
+    await used.create("s1", first_records(), owner="w", lease=10)
     unused = PostgresSagaStore(pool, schema=schema)
     await pool.close()
     for call in (
         lambda: used.load("s1"),
         lambda: used.claim(owner="w", lease=10, limit=5),
         lambda: unused.load("s1"),
-        lambda: unused.create("s2", _first(), owner="w", lease=10),
+        lambda: unused.create("s2", first_records(), owner="w", lease=10),
         lambda: unused.append("s1", [_completed()], expected_version=2, fencing_token=1),
     ):
         with pytest.raises(StoreError) as caught:
