@@ -3,7 +3,7 @@
 Wall-clock rates on a shared VM drift by a factor of two within minutes, which
 hides a 5% change. Valgrind's callgrind counts the instructions the interpreter
 executes instead: the same code gives the same count, run after run (to within
-a fraction of a percent: garbage collection and hash seeds vary).
+about 2% between runs: garbage collection and hash seeds vary).
 
 For each implementation of `bench_orchestrator.py` (hand-written, the "hand +
 log" floor that does only the work sagaflow's guarantees require, sagaflow and

@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import json
 import uuid
 from collections.abc import AsyncIterator, Sequence
@@ -396,14 +395,15 @@ class PostgresTransport(WriteBehindAcks[_Subscription]):
     ) -> list[_PgDelivery]:
         out = []
         for seq, msg_id, body, headers, key, attempts in rows:
-            message = Message(id=msg_id, topic=sub.topic, body=bytes(body), key=key)
             try:
-                message = dataclasses.replace(message, headers=_headers(headers))
+                parsed = _headers(headers)
             except ValueError as exc:
                 # Malformed: move the row, as it is, to the dead letters with the reason.
+                message = Message(id=msg_id, topic=sub.topic, body=bytes(body), key=key)
                 malformed = _PgDelivery(self, sub, int(seq), message, int(attempts))
                 await malformed.dead_letter_received(f"malformed row: {exc}")
                 continue
+            message = Message(id=msg_id, topic=sub.topic, body=bytes(body), headers=parsed, key=key)
             delivery = _PgDelivery(self, sub, int(seq), message, int(attempts))
             if await delivery.dead_letter_if_over(self._max_deliveries):
                 continue
